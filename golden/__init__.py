@@ -1,0 +1,22 @@
+"""Bit-exact torch golden model of the FGMP formats and units (docs/numerics.md). Never imports fgmp.hw."""
+
+from .blocks import (
+    DEFAULT_BLOCK_SIZE,
+    BlockTensor,
+    block_bits,
+    dequantize,
+    global_scale,
+    quantize_blocks,
+    quantize_fp8,
+    quantize_nvfp4,
+)
+from .formats import E2M1, E4M3, UE4M3, FloatFormat, decode, decode_fields, encode, encode_ratio
+from .packing import pack_blocks, pack_e2m1, unpack_blocks, unpack_e2m1
+from .bfloat16 import bf16_bits_to_fp32, fp32_to_bf16_bits
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE", "BlockTensor", "block_bits", "dequantize", "global_scale", "quantize_blocks",
+    "quantize_fp8", "quantize_nvfp4", "E2M1", "E4M3", "UE4M3", "FloatFormat", "decode", "decode_fields",
+    "encode", "encode_ratio", "pack_blocks", "pack_e2m1", "unpack_blocks", "unpack_e2m1",
+    "bf16_bits_to_fp32", "fp32_to_bf16_bits",
+]

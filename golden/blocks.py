@@ -1,0 +1,170 @@
+"""Block quantization of docs/numerics.md §3-§4: NVFP4 and FP8 blocks with UE4M3 scales, mixed per block."""
+
+from dataclasses import dataclass
+
+import torch
+
+from .formats import E2M1, E4M3, UE4M3, _code_values_f64, encode_ratio
+
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "NVFP4_SCALE_DENOMINATOR",
+    "BlockTensor",
+    "global_scale",
+    "quantize_blocks",
+    "quantize_nvfp4",
+    "quantize_fp8",
+    "dequantize",
+    "block_bits",
+]
+
+DEFAULT_BLOCK_SIZE = 16
+NVFP4_SCALE_DENOMINATOR = 2688  # 6 * 448: the largest E2M1 element times the largest UE4M3 scale
+_SMALLEST_FP32 = 2.0**-149
+_EXACT_INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class BlockTensor:
+    """A tensor quantized in blocks of ``block_size`` along its last dimension.
+
+    ``codes``: uint8 (..., n_blocks, block_size), one element code per byte (E2M1 in the low nibble for
+    NVFP4 blocks, E4M3 for FP8 blocks); ``scales``: uint8 UE4M3 codes (..., n_blocks); ``precision``: bool
+    (..., n_blocks), True for FP8; ``global_scale``: float32 scalar tensor G. Element value:
+    G * dec(scale) * dec(code) (numerics §3).
+    """
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    precision: torch.Tensor
+    global_scale: torch.Tensor
+
+    @property
+    def block_size(self):
+        return self.codes.shape[-1]
+
+    @property
+    def shape(self):
+        """Shape of the tensor this one quantizes."""
+        return (*self.codes.shape[:-2], self.codes.shape[-2] * self.codes.shape[-1])
+
+    @property
+    def fp8_fraction(self):
+        return float(self.precision.float().mean()) if self.precision.numel() else 0.0
+
+
+def _check_input(x, block_size):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Input must be a torch.Tensor, not {type(x).__name__}")
+    if x.dtype not in _EXACT_INPUT_DTYPES:
+        raise TypeError(
+            f"Input must be float32, bfloat16 or float16 (exact in FP32), not {x.dtype}; "
+            "convert it explicitly so any rounding to FP32 is your choice"
+        )
+    if not isinstance(block_size, int) or isinstance(block_size, bool):
+        raise TypeError(f"Block size must be an int, not {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"Block size must be positive, not {block_size}")
+    if x.dim() == 0:
+        raise ValueError("Input must have at least one dimension (blocks run along the last one)")
+    if x.shape[-1] % block_size:
+        raise ValueError(f"Last dimension {x.shape[-1]} is not divisible by the block size {block_size}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("Input contains NaN or Inf; block quantization needs finite values")
+
+
+def global_scale(x):
+    """G = fl32(amax / 2688); 1 for an all-zero (or empty) tensor; at least 2**-149 (numerics §4)."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _EXACT_INPUT_DTYPES:
+        raise TypeError("Input must be a float32, bfloat16 or float16 tensor")
+    if not x.numel():
+        return torch.tensor(1.0)
+    amax = x.detach().abs().max().to(torch.float64)
+    if not bool(torch.isfinite(amax)):
+        raise ValueError("Input contains NaN or Inf; the global scale needs finite values")
+    if amax == 0:
+        return torch.tensor(1.0)
+    # One float64 division then one cast is the correctly rounded FP32 quotient (53 >= 2*24 + 2).
+    scale = (amax / NVFP4_SCALE_DENOMINATOR).to(torch.float32)
+    return scale.clamp(min=_SMALLEST_FP32)
+
+
+def _check_global_scale(scale):
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and scale.dtype.is_floating_point:
+        value = scale.detach().to(torch.float64).reshape(())
+    elif isinstance(scale, (int, float)) and not isinstance(scale, bool):
+        value = torch.tensor(float(scale), dtype=torch.float64)
+    else:
+        raise TypeError(f"Global scale must be a float or a one-element float tensor, not {scale!r}")
+    if not (bool(torch.isfinite(value)) and float(value) > 0):
+        raise ValueError(f"Global scale must be positive and finite, not {float(value)!r}")
+    as_fp32 = value.to(torch.float32)
+    if as_fp32.to(torch.float64) != value:
+        raise ValueError(f"Global scale {float(value)!r} is not exactly representable in FP32")
+    return as_fp32
+
+
+def quantize_blocks(x, precision, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):
+    """Quantize ``x`` block by block, FP8 where ``precision`` is True and NVFP4 elsewhere (numerics §4).
+
+    ``precision`` is a bool tensor broadcastable to (..., n_blocks); ``scale`` overrides G (a positive FP32
+    value, e.g. a calibrated power of two) instead of fl32(amax / 2688).
+    """
+    _check_input(x, block_size)
+    x = x.detach().to(torch.float32)
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    if not isinstance(precision, torch.Tensor) or precision.dtype != torch.bool:
+        raise TypeError("Precision must be a bool tensor (True = FP8 block, False = NVFP4 block)")
+    try:
+        precision = torch.broadcast_to(precision, blocks.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"Precision of shape {tuple(precision.shape)} does not broadcast to the "
+            f"{tuple(blocks.shape[:-1])} blocks of the input"
+        ) from None
+    g = global_scale(x) if scale is None else _check_global_scale(scale)
+    g64 = g.to(torch.float64)
+
+    amax = blocks.abs().amax(dim=-1)
+    element_max = torch.where(precision, E4M3.max_value, E2M1.max_value).to(torch.float64)
+    scales = encode_ratio(amax, element_max * g64, UE4M3)
+    scale_values = _code_values_f64(scales, UE4M3)
+
+    zero_scale = scale_values == 0
+    # G * s has at most 24 + 4 significant bits: exact in float64, so the element quotient stays exact.
+    denominator = torch.where(zero_scale, 1.0, g64 * scale_values).unsqueeze(-1)
+    fp8_codes = encode_ratio(blocks, denominator, E4M3)
+    fp4_codes = encode_ratio(blocks, denominator, E2M1)
+    codes = torch.where(precision.unsqueeze(-1), fp8_codes, fp4_codes)
+    codes = torch.where(zero_scale.unsqueeze(-1), 0, codes).to(torch.uint8)
+    return BlockTensor(codes=codes, scales=scales, precision=precision.clone(), global_scale=g)
+
+
+def quantize_nvfp4(x, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):
+    """Every block NVFP4 (E2M1 elements, UE4M3 scale)."""
+    return quantize_blocks(x, torch.tensor(False), block_size=block_size, scale=scale)
+
+
+def quantize_fp8(x, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):
+    """Every block FP8 (E4M3 elements, UE4M3 scale)."""
+    return quantize_blocks(x, torch.tensor(True), block_size=block_size, scale=scale)
+
+
+def dequantize(bt, *, dtype=torch.float32):
+    """G * s * dec(code) computed exactly (at most 24 + 4 + 4 bits) and rounded once to ``dtype``."""
+    if not isinstance(bt, BlockTensor):
+        raise TypeError(f"Expected a BlockTensor, not {type(bt).__name__}")
+    codes = bt.codes.long()
+    fp8 = _code_values_f64(codes, E4M3)
+    fp4 = _code_values_f64(codes & 0xF, E2M1)
+    elements = torch.where(bt.precision.unsqueeze(-1), fp8, fp4)
+    scales = _code_values_f64(bt.scales, UE4M3).unsqueeze(-1)
+    values = bt.global_scale.to(torch.float64) * scales * elements
+    return values.reshape(bt.shape).to(dtype)
+
+
+def block_bits(precision, *, block_size=DEFAULT_BLOCK_SIZE):
+    """Memory bits of blocks with these precision bits: codes + 8-bit scale + 1 precision bit each."""
+    precision = torch.as_tensor(precision, dtype=torch.bool)
+    element_bits = torch.where(precision, 8, 4).long()
+    return int((element_bits * block_size + 8 + 1).sum())
