@@ -1,0 +1,66 @@
+"""Installed layout (one fgmp namespace) and the fgmp command line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fgmp.cli import main
+
+
+def test_installed_code_lives_under_one_namespace(tmp_path):
+    """Outside the checkout only fgmp.* imports; no bare hw/golden/sim module is installed."""
+    code = ("import importlib.util as u, fgmp.hw, fgmp.golden, fgmp.sim;"
+            "print([n for n in ('hw', 'golden', 'sim') if u.find_spec(n)])")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_golden_never_imports_hw():
+    code = "import sys, fgmp.golden; print(any(m.startswith('fgmp.hw') or m.startswith('amaranth') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_hw_never_imports_golden():
+    code = "import sys, fgmp.hw, fgmp.hw.verilog; print(any(m.startswith('fgmp.golden') or m == 'torch' for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_generate_decoders_writes_lint_clean_verilog(tmp_path, capsys):
+    assert main(["generate", "decoders", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["e2m1_decoder.v", "e4m3_decoder.v", "ue4m3_decoder.v"]
+    out = capsys.readouterr().out
+    assert out.count("lint clean") == 3
+    verilog = (tmp_path / "e4m3_decoder.v").read_text()
+    assert "module e4m3_decoder(decoded, code);" in verilog
+    assert "input [7:0] code;" in verilog and "output [10:0] decoded;" in verilog
+    assert str(Path.cwd()) not in verilog, "generated Verilog must not depend on the checkout path"
+
+
+def test_generate_one_format(tmp_path):
+    assert main(["generate", "decoders", "--format", "e2m1", "--out", str(tmp_path), "--no-lint"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["e2m1_decoder.v"]
+
+
+def test_unknown_format_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "decoders", "--format", "e5m2"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'e5m2'" in capsys.readouterr().err
+
+
+def test_lint_failure_is_reported_not_hidden(tmp_path):
+    from fgmp.hw.verilog import LintError, lint
+
+    bad = tmp_path / "stray.v"
+    bad.write_text("module stray(input [3:0] a, output y);\n  wire [3:0] spare;\n  assign spare = a;\n"
+                   "  assign y = a[0];\nendmodule\n")
+    with pytest.raises(LintError, match="Signal is not used: 'spare'"):
+        lint(bad, "stray")
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([Path(sys.executable).with_name("fgmp"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "generate" in result.stdout and "demo" in result.stdout
