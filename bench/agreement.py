@@ -71,10 +71,10 @@ def make_data(name, n_elements, seed):
     return DATA_SETS[name](n_elements, gen)
 
 
-def _first_difference(x, exact, codes, scales):
+def _first_difference(exact, codes, scales):
     """Flat index of one differing element, preferring one whose block scales agree (a pure element case)."""
     differs = (codes != exact.codes).reshape(-1)
-    same_scale = (scales == exact.scales).repeat_interleave(BLOCK_SIZE)
+    same_scale = (scales == exact.scales).reshape(-1).repeat_interleave(BLOCK_SIZE)
     for candidates in (differs & same_scale, differs):
         hits = candidates.nonzero()
         if hits.numel():
@@ -82,13 +82,26 @@ def _first_difference(x, exact, codes, scales):
     return None
 
 
-def _compare(name, x, exact, recipe_name, recipe):
+def _example(x, exact, codes, scales, index):
+    block = index // BLOCK_SIZE
+    return {
+        "index": index,
+        "x": x.reshape(-1)[index].item(),
+        "global_scale": exact.global_scale.item(),
+        "block_amax": x.reshape(-1, BLOCK_SIZE)[block].abs().max().item(),
+        "exact_scale": int(exact.scales.reshape(-1)[block]),
+        "recipe_scale": int(scales.reshape(-1)[block]),
+        "exact_code": int(exact.codes.reshape(-1)[index]),
+        "recipe_code": int(codes.reshape(-1)[index]),
+    }
+
+
+def _compare(x, exact, recipe):
+    """The agreement counts of one recipe on ``x``, and one differing element (None if all agree)."""
     codes, scales = recipe(x, BLOCK_SIZE)
     element_diffs = int((codes != exact.codes).sum())
     scale_diffs = int((scales != exact.scales).sum())
-    row = {
-        "data_set": name,
-        "recipe": recipe_name,
+    counts = {
         "blocks": scales.numel(),
         "scale_diffs": scale_diffs,
         "scale_agreement_pct": 100.0 * (1 - scale_diffs / scales.numel()),
@@ -96,23 +109,8 @@ def _compare(name, x, exact, recipe_name, recipe):
         "element_diffs": element_diffs,
         "element_agreement_pct": 100.0 * (1 - element_diffs / codes.numel()),
     }
-    index = _first_difference(x, exact, codes, scales) if element_diffs else None
-    example = None
-    if index is not None:
-        block = index // BLOCK_SIZE
-        example = {
-            "data_set": name,
-            "recipe": recipe_name,
-            "index": index,
-            "x": x.reshape(-1)[index].item(),
-            "global_scale": exact.global_scale.item(),
-            "block_amax": x.reshape(-1, BLOCK_SIZE)[block].abs().max().item(),
-            "exact_scale": int(exact.scales.reshape(-1)[block]),
-            "recipe_scale": int(scales.reshape(-1)[block]),
-            "exact_code": int(exact.codes.reshape(-1)[index]),
-            "recipe_code": int(codes.reshape(-1)[index]),
-        }
-    return row, example
+    index = _first_difference(exact, codes, scales)
+    return counts, None if index is None else _example(x, exact, codes, scales, index)
 
 
 def _run(n_elements, seed):
@@ -123,10 +121,11 @@ def _run(n_elements, seed):
         x = make_data(name, n_elements, seed)
         exact = quantize_nvfp4(x, block_size=BLOCK_SIZE)
         for recipe_name, recipe in RECIPES.items():
-            row, example = _compare(name, x, exact, recipe_name, recipe)
-            rows.append(row)
+            labels = {"data_set": name, "recipe": recipe_name}
+            counts, example = _compare(x, exact, recipe)
+            rows.append(labels | counts)
             if example is not None:
-                examples.append(example)
+                examples.append(labels | example)
     return rows, examples
 
 

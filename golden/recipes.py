@@ -90,6 +90,9 @@ def nvfp4_fp32_reciprocal(x, block_size=DEFAULT_BLOCK_SIZE):
 def _divide(x, block_size, min_scale):
     blocks, block_amax, amax = _blocks(x, block_size)
     g = torch.div(amax, _DENOMINATOR) if amax > 0 else _ONE
+    if g == 0:
+        # The contract floors G at 2**-149; these libraries do not, and would divide by zero.
+        raise ValueError("FP32 G = amax / 2688 underflows to zero; the dividing recipes are undefined here")
 
     scale = torch.div(torch.div(block_amax, _ELEMENT_MAX), g)
     if min_scale is not None:
