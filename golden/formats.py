@@ -148,8 +148,9 @@ def encode_ratio(num, den, fmt):
     """Code of RNE(num / den) in ``fmt``, with num/den taken as an exact rational.
 
     ``num`` and ``den`` are float tensors (broadcastable); ``den`` must be positive and finite. Both are
-    widened to float64 exactly, and num*midpoint products must be exact in float64, which holds when num has
-    at most 24 significant bits and den at most 28 (FP32 values and FP32 x UE4M3 products; see numerics §2).
+    widened to float64 exactly. The midpoint*den products must be exact in float64: midpoints have at most
+    5 significant bits, so den may have up to 48 (FP32 x UE4M3 products have 28; see numerics §2); num may
+    be any float64.
 
     Special values (numerics §2): the result saturates at +-max (+-Inf included); NaN gives the canonical
     NaN code for formats that have one and raises ValueError for E2M1; a value that rounds to zero keeps its

@@ -98,10 +98,11 @@ def unpack_blocks(pb):
     rows[used] = pb.payload
     fp4 = unpack_e2m1(rows[:, : size // 2])
     codes = torch.where(precision.unsqueeze(-1), rows, fp4)
-    lead = pb.shape[:-1]
+    # Explicit block counts: -1 is ambiguous for tensors with no elements.
+    blocks_shape = (*pb.shape[:-1], pb.shape[-1] // size)
     return BlockTensor(
-        codes=codes.reshape(*lead, -1, size),
-        scales=pb.scales.reshape(*lead, -1),
-        precision=precision.reshape(*lead, -1),
+        codes=codes.reshape(*blocks_shape, size),
+        scales=pb.scales.reshape(blocks_shape),
+        precision=precision.reshape(blocks_shape),
         global_scale=pb.global_scale,
     )
