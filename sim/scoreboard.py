@@ -34,9 +34,13 @@ class Scoreboard:
                 "first_mismatches": self.mismatches, **extra}
 
     def write_report(self, **extra):
+        """Append this scoreboard's report to the run's JSON list (one entry per cocotb test)."""
         path = os.environ.get(REPORT_ENV)
         if path:
-            Path(path).write_text(json.dumps(self.report(**extra), indent=2, default=str))
+            path = Path(path)
+            reports = json.loads(path.read_text()) if path.exists() else []
+            reports.append(self.report(**extra))
+            path.write_text(json.dumps(reports, indent=2, default=str))
 
     def assert_clean(self):
         assert self.checked > 0, f"{self.name}: the scoreboard checked nothing"

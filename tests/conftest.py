@@ -15,7 +15,13 @@ def pytest_terminal_summary(terminalreporter):
         return
     terminalreporter.section("cocotb benches (vectors checked against the golden model)")
     for simulator, report in _BENCH_REPORTS:
+        detail = ""
+        if report.get("element_code_pairs"):
+            detail = f"  ({report['element_code_pairs']} element code pairs, every one through every multiplier)"
+        elif report.get("block_pairs"):
+            detail = (f"  ({report['reductions']} reductions, {report['block_pairs']} block pairs, "
+                      f"idle {report['idle']}, back-pressure {report['backpressure']})")
         terminalreporter.write_line(
-            f"{simulator:<10} {report['bench']:<16} checked {report['checked']:>7}  "
-            f"mismatches {report['mismatches']}"
+            f"{simulator:<10} {report['bench']:<24} checked {report['checked']:>7}  "
+            f"mismatches {report['mismatches']}{detail}"
         )

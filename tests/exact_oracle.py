@@ -14,6 +14,7 @@ Conventions
 """
 
 import math
+import struct
 from functools import lru_cache
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +41,8 @@ __all__ = [
     "oracle_dequantize_block",
     "to_fraction",
     "sign_of",
+    "oracle_dot",
+    "CANONICAL_FP32_NAN",
 ]
 
 NAN = "nan"
@@ -285,3 +288,34 @@ def oracle_dequantize_block(G, s, elements, signs):
     for e, sign in zip(elements, signs):
         out.append((fl32(to_fraction(G) * s * e), sign))
     return out
+
+
+CANONICAL_FP32_NAN = 0x7FC00000
+
+
+def _signed_value(code, fmt):
+    decoded = code_to_value(code, fmt)
+    if decoded == NAN:
+        return NAN
+    magnitude, sign = decoded
+    return -magnitude if sign else magnitude
+
+
+def oracle_dot(weight_blocks, activation_blocks):
+    """FP32 bit pattern of one lane of the dot unit (numerics §8): RNE_FP32 of the exact sum over block
+    pairs of s_w * s_x * sum_i dec(w_i) * dec(x_i); canonical NaN if anything is NaN; +0 for zero.
+
+    Each block is (element codes, scale code, fp8: bool); NVFP4 blocks read the low nibble of each code.
+    """
+    total = Fraction(0)
+    for (w_codes, w_scale, w_fp8), (x_codes, x_scale, x_fp8) in zip(weight_blocks, activation_blocks, strict=True):
+        scales = [_signed_value(w_scale, UE4M3), _signed_value(x_scale, UE4M3)]
+        w = [_signed_value(c, E4M3) if w_fp8 else _signed_value(c & 0xF, E2M1) for c in w_codes]
+        x = [_signed_value(c, E4M3) if x_fp8 else _signed_value(c & 0xF, E2M1) for c in x_codes]
+        if NAN in scales or NAN in w or NAN in x:
+            return CANONICAL_FP32_NAN
+        total += scales[0] * scales[1] * sum(a * b for a, b in zip(w, x, strict=True))
+    if total == 0:
+        return 0
+    rounded = fl32(total)
+    return int.from_bytes(struct.pack(">f", float(rounded)), "big")

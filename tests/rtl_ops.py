@@ -1,8 +1,11 @@
 """Small helpers that run one RTL unit in amaranth.sim, so tests read `assert rtl_op(x) == golden_op(x)`."""
 
+import random
+
 from amaranth.sim import Simulator
 
 from fgmp.hw import Decoder
+from fgmp.sim.dot_stimuli import PayloadPacker
 
 
 def rtl_decode_fields(fmt, codes):
@@ -22,3 +25,51 @@ def rtl_decode_fields(fmt, codes):
     sim.add_testbench(testbench)
     sim.run()
     return results
+
+
+def rtl_dot(unit, reductions, *, idle=0.0, backpressure=0.0, seed=0, drop_first=False):
+    """Stream ``reductions`` through ``unit`` in amaranth.sim with random idle input cycles and output
+    back-pressure; ``drop_first`` clears the ``first`` marker of every reduction but the first. Returns (results: per reduction a list of ``lanes`` FP32 bit patterns, overflow
+    flags, cycles at which input blocks were accepted, cycles at which results were taken)."""
+    rng = random.Random(seed)
+    words = list(PayloadPacker(unit).words(reductions))
+    if drop_first:
+        first_bit = 1 << dict(unit.i.payload.shape())["first"].offset
+        words = words[:1] + [word & ~first_bit for word in words[1:]]
+    results, overflows, accepted, delivered = [], [], [], []
+
+    async def producer(ctx):
+        cycle = 0
+        for word in words:
+            while rng.random() < idle:
+                ctx.set(unit.i.valid, 0)
+                await ctx.tick()
+                cycle += 1
+            ctx.set(unit.i.valid, 1)
+            ctx.set(unit.i.payload.as_value(), word)
+            while True:
+                _, _, ready = await ctx.tick().sample(unit.i.ready)
+                cycle += 1
+                if ready:
+                    accepted.append(cycle)
+                    break
+        ctx.set(unit.i.valid, 0)
+
+    async def consumer(ctx):
+        cycle = 0
+        while len(results) < len(reductions):
+            ready = int(rng.random() >= backpressure)
+            ctx.set(unit.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(unit.o.valid, unit.o.payload)
+            cycle += 1
+            if ready and valid:  # a transfer happens at the edge where valid and ready were both high
+                results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
+                overflows.append(int(payload.overflow))
+                delivered.append(cycle)
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return results, overflows, accepted, delivered

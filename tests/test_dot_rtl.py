@@ -1,0 +1,169 @@
+"""The dot unit in amaranth.sim against the golden model (docs/numerics.md §8): every variant and
+pipeline depth under idle cycles and back-pressure, full-rate throughput and latency, the overflow flag
+at the accumulator's bound, reduction markers, and parameter validation."""
+
+import pytest
+import torch
+
+from fgmp import golden
+from fgmp.hw import DotUnit
+from fgmp.sim.dot_stimuli import (ONE_SCALE, Reduction, exhaustive_reductions, expected_results,
+                                  random_reductions)
+from rtl_ops import rtl_dot
+
+B = 16
+NAN = golden.CANONICAL_NAN_BITS
+
+
+def _bt(codes, scales, precision):
+    return golden.BlockTensor(codes=torch.as_tensor(codes, dtype=torch.uint8),
+                              scales=torch.as_tensor(scales, dtype=torch.uint8),
+                              precision=torch.as_tensor(precision, dtype=torch.bool),
+                              global_scale=torch.tensor(1.0))
+
+
+def _uniform(lanes, n, code, scale, fp8=True):
+    return _bt([[[code] * B] * n] * lanes, [[scale] * n] * lanes, [[fp8] * n] * lanes)
+
+
+@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+def test_fgmp_unit_matches_golden_under_stalls(pipeline_stages):
+    unit = DotUnit(lanes=4, pipeline_stages=pipeline_stages, max_blocks=64)
+    reductions = random_reductions(lanes=4, formats=unit.formats, block_size=B, count=50, max_blocks=20,
+                                   seed=pipeline_stages)
+    results, overflows, _, _ = rtl_dot(unit, reductions, idle=0.3, backpressure=0.4, seed=pipeline_stages)
+    assert results == expected_results(reductions)
+    assert len(results) == 50 and not any(overflows)
+
+
+@pytest.mark.parametrize("formats,lanes", [(("fp8",), 3), (("nvfp4",), 3), (("nvfp4", "fp8"), 1)])
+def test_variants_match_golden_under_stalls(formats, lanes):
+    unit = DotUnit(lanes=lanes, formats=formats, pipeline_stages=1, max_blocks=32)
+    reductions = random_reductions(lanes=lanes, formats=formats, block_size=B, count=50, max_blocks=16, seed=9)
+    results, overflows, _, _ = rtl_dot(unit, reductions, idle=0.2, backpressure=0.2, seed=4)
+    assert results == expected_results(reductions)
+    assert not any(overflows)
+
+
+def test_fp4_only_unit_every_code_pair():
+    unit = DotUnit(lanes=4, formats=("nvfp4",))
+    reductions, pairs = exhaustive_reductions(lanes=4, formats=unit.formats, block_size=B)
+    results, _, _, _ = rtl_dot(unit, reductions)
+    assert pairs == 256 and results == expected_results(reductions)
+
+
+def test_mixed_pairings_every_fp4_code_against_every_fp4_and_fp8_activation():
+    """FP4xFP4 and FP4xFP8 on the FGMP unit (the cocotb bench covers all four pairings exhaustively)."""
+    unit = DotUnit(lanes=16, pipeline_stages=0)
+    reductions, _ = exhaustive_reductions(lanes=16, formats=unit.formats, block_size=B)
+    subset = [r for r in reductions if not r.weights.precision.any()]
+    assert len(subset) == 16 + 256
+    results, _, _, _ = rtl_dot(unit, subset)
+    assert results == expected_results(subset)
+
+
+@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+def test_full_rate_throughput_and_latency(pipeline_stages):
+    """Without idle or back-pressure the unit takes a block pair on every cycle (II = 1), and a result
+    appears ``latency`` cycles after its last block."""
+    unit = DotUnit(lanes=2, pipeline_stages=pipeline_stages)
+    reductions = random_reductions(lanes=2, formats=unit.formats, block_size=B, count=20, max_blocks=6, seed=1)
+    results, _, accepted, delivered = rtl_dot(unit, reductions)
+    assert results == expected_results(reductions)
+    total = sum(r.blocks for r in reductions)
+    assert accepted == list(range(accepted[0], accepted[0] + total))
+    assert unit.latency == pipeline_stages + 2
+    last_blocks = [accepted[sum(r.blocks for r in reductions[:k + 1]) - 1] for k in range(len(reductions))]
+    assert [d - a for d, a in zip(delivered, last_blocks)] == [unit.latency] * len(reductions)
+
+
+@pytest.mark.parametrize("sign", [0x00, 0x80])
+def test_largest_reduction_fits_and_one_more_block_is_flagged(sign):
+    """All-448 blocks at scale 448, the largest term, over max_blocks blocks are exact; max_blocks + 1
+    blocks raise the overflow flag."""
+    unit = DotUnit(lanes=1, max_blocks=8, pipeline_stages=0)
+    reductions = [Reduction(_uniform(1, n, 0x7E | sign, 0x7E), _uniform(1, n, 0x7E, 0x7E)) for n in (8, 9, 1, 20)]
+    results, overflows, _, _ = rtl_dot(unit, reductions)
+    assert overflows == [0, 1, 0, 1]
+    expected = expected_results(reductions)
+    assert results[0] == expected[0] and results[2] == expected[2]
+    assert golden.bits_to_float32(torch.tensor(results[0])).item() == (-1) ** bool(sign) * 8 * B * 448.0**4
+
+
+def test_default_accumulator_holds_max_blocks_of_largest_terms():
+    unit = DotUnit(lanes=1, pipeline_stages=0)
+    assert unit.max_blocks == 1024 and unit.accumulator_width == 87
+    n = unit.max_blocks
+    reductions = [Reduction(_uniform(1, n, 0x7E, 0x7E), _uniform(1, n, 0xFE, 0x7E))]
+    results, overflows, _, _ = rtl_dot(unit, reductions)
+    assert overflows == [0] and results == expected_results(reductions)
+
+
+def test_block_after_last_starts_a_new_reduction_without_first():
+    """A missing ``first`` cannot fold one reduction into the next."""
+    unit = DotUnit(lanes=1, pipeline_stages=1)
+    ones, twos = _uniform(1, 2, 0x38, ONE_SCALE), _uniform(1, 2, 0x40, ONE_SCALE)
+    reductions = [Reduction(ones, ones), Reduction(twos, ones)]
+    results, _, _, _ = rtl_dot(unit, reductions, drop_first=True)
+    assert results == expected_results(reductions) == [[0x42000000], [0x42800000]]  # 32.0, 64.0
+
+
+def test_nan_stays_in_its_lane_and_clears_with_the_next_reduction():
+    unit = DotUnit(lanes=2, pipeline_stages=0)
+    poisoned = _bt([[[0x38] * B] * 2, [[0x38] * B] * 2], [[ONE_SCALE, 0x7F], [ONE_SCALE] * 2], [[True] * 2] * 2)
+    clean = _uniform(2, 2, 0x38, ONE_SCALE)
+    x = _uniform(1, 2, 0x38, ONE_SCALE)
+    results, _, _, _ = rtl_dot(unit, [Reduction(poisoned, x), Reduction(clean, x)])
+    assert results == [[NAN, 0x42000000], [0x42000000, 0x42000000]]
+
+
+def test_fgmp_unit_ignores_the_high_nibble_of_nvfp4_codes():
+    unit = DotUnit(lanes=1, pipeline_stages=0)
+    x = _uniform(1, 1, 0x38, ONE_SCALE)
+    clean = _uniform(1, 1, 0x03, ONE_SCALE, fp8=False)  # E2M1 1.5
+    dirty = _uniform(1, 1, 0xF3, ONE_SCALE, fp8=False)
+    results, _, _, _ = rtl_dot(unit, [Reduction(clean, x), Reduction(dirty, x)])
+    assert results == [[0x41C00000], [0x41C00000]]  # 16 * 1.5 = 24.0
+
+
+def test_widths_follow_the_numerics_contract():
+    fgmp = DotUnit(lanes=1)
+    assert (fgmp.product_bits, fgmp.block_sum_bits, fgmp.product_lsb_exponent) == (36, 40, -18)
+    assert fgmp.accumulator_lsb_exponent == golden.ACCUMULATOR_LSB_EXPONENT == -36
+    assert DotUnit(lanes=1, max_blocks=1).accumulator_width == 73 + 4
+    assert DotUnit(lanes=1, block_size=32, max_blocks=4096).accumulator_width == 73 + 5 + 12
+    fp4 = DotUnit(lanes=1, formats=("nvfp4",))
+    assert (fp4.product_bits, fp4.product_lsb_exponent, fp4.accumulator_lsb_exponent) == (8, -2, -20)
+    assert fp4.accumulator_width < fgmp.accumulator_width
+    assert DotUnit(lanes=1, formats=("fp8", "nvfp4")).formats == ("nvfp4", "fp8")
+
+
+def test_properties_are_read_only():
+    unit = DotUnit(lanes=2)
+    with pytest.raises(AttributeError):
+        unit.lanes = 3
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"lanes": 0}, ValueError, "Lanes must be at least 1, not 0"),
+    ({"lanes": 2.0}, TypeError, "Lanes must be an integer, not 2.0"),
+    ({"lanes": True}, TypeError, "Lanes must be an integer, not True"),
+    ({"lanes": 1, "block_size": 0}, ValueError, "Block size must be at least 1, not 0"),
+    ({"lanes": 1, "max_blocks": 0}, ValueError, "Maximum blocks must be at least 1, not 0"),
+    ({"lanes": 1, "max_blocks": "8"}, TypeError, "Maximum blocks must be an integer, not '8'"),
+    ({"lanes": 1, "pipeline_stages": 4}, ValueError, "Pipeline stages must be between 0 and 3, not 4"),
+    ({"lanes": 1, "pipeline_stages": None}, TypeError, "Pipeline stages must be an integer, not None"),
+    ({"lanes": 1, "formats": ["fp8"]}, TypeError, "Formats must be a tuple of format names, not ['fp8']"),
+    ({"lanes": 1, "formats": ()}, ValueError, "Formats must name at least one of 'nvfp4', 'fp8'"),
+    ({"lanes": 1, "formats": ("fp6",)}, ValueError, "Unknown format 'fp6'; choose from 'nvfp4', 'fp8'"),
+    ({"lanes": 1, "formats": ("fp8", "fp8")}, ValueError, "Formats must not repeat, not ('fp8', 'fp8')"),
+])
+def test_invalid_parameters_raise_clear_errors(kwargs, error, message):
+    with pytest.raises(error) as info:
+        DotUnit(**kwargs)
+    assert str(info.value) == message
+
+
+def test_parameters_are_keyword_only():
+    with pytest.raises(TypeError):
+        DotUnit(4)
