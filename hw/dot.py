@@ -1,6 +1,6 @@
 """The FGMP dot-product unit (docs/numerics.md §8): L lanes, exact accumulation, one block pair per cycle."""
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, ResetSignal, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -78,6 +78,10 @@ class DotUnit(wiring.Component):
         self._max_blocks = max_blocks
         self._pipeline_stages = pipeline_stages
         self._formats = tuple(f for f in FORMATS if f in formats)
+        # The largest magnitude, 2**(width - 1) units, may round up one binade: its exponent must stay <= 127.
+        if self.accumulator_width + self.accumulator_lsb_exponent > 127:
+            raise ValueError(f"A reduction of {max_blocks} blocks of {block_size} elements can exceed the FP32 "
+                             f"range; reduce the maximum blocks or the block size")
         block = block_layout(self._formats, block_size)
         self._in_layout = data.StructLayout({
             "activation": block, "weights": data.ArrayLayout(block, lanes), "first": 1, "last": 1})
@@ -140,7 +144,8 @@ class DotUnit(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from accepting a reduction's last block to its result being valid on ``o``."""
+        """Cycles from the edge that takes a reduction's last block to the earliest edge that can
+        transfer its result (``o.valid`` rises one cycle before)."""
         return self._pipeline_stages + 2
 
     def _decode_element(self, m, name, code, fp8):
@@ -229,7 +234,8 @@ class DotUnit(wiring.Component):
         m = Module()
         stalled = self.o.valid & ~self.o.ready
         enable = ~stalled
-        m.d.comb += self.i.ready.eq(enable)
+        # Not ready during reset: a block offered then would look taken but be lost.
+        m.d.comb += self.i.ready.eq(enable & ~ResetSignal())
 
         def cut(valid, signals, register):
             """Optionally register a stage's outputs; every register advances together on ``enable``."""

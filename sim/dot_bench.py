@@ -52,25 +52,38 @@ class StreamDriver:
 
 
 class StreamMonitor:
-    """Sinks a valid/ready stream, deasserting ready with probability ``backpressure`` each cycle."""
+    """Sinks a valid/ready stream, deasserting ready with probability ``backpressure`` each cycle.
 
-    def __init__(self, clk, stream, *, backpressure, rng):
+    Also checks the source's side of the protocol: while stalled, valid stays high and the payload
+    stable; after the expected count, ``drain`` cycles pass without another valid. Gives up with an
+    assertion after ``cycle_limit`` cycles instead of waiting forever for a lost result."""
+
+    def __init__(self, clk, stream, *, backpressure, rng, cycle_limit, drain=8):
         self._clk, self._stream, self._backpressure, self._rng = clk, stream, backpressure, rng
+        self._cycle_limit, self._drain = cycle_limit, drain
         self.delivered_cycles = []
 
     async def receive(self, count, cycle_counter):
         valid, ready, payload = self._stream
-        words = []
-        while len(words) < count:
-            take = int(self._rng.random() >= self._backpressure)
+        words, held = [], None
+        for cycle in range(self._cycle_limit):
+            done = len(words) == count
+            take = 1 if done else int(self._rng.random() >= self._backpressure)
             ready.value = take
             await ReadOnly()
-            if take and int(valid.value):
+            is_valid = int(valid.value)
+            if held is not None:
+                assert is_valid and int(payload.value) == held, "o dropped valid or changed payload while stalled"
+            held = int(payload.value) if is_valid and not take else None
+            if done:
+                assert not is_valid, "the unit produced more results than reductions"
+                if cycle_counter.cycle - self.delivered_cycles[-1] > self._drain:
+                    return words
+            elif take and is_valid:
                 words.append(int(payload.value))
                 self.delivered_cycles.append(cycle_counter.cycle)
             await RisingEdge(self._clk)
-        ready.value = 0
-        return words
+        raise AssertionError(f"{len(words)} of {count} results after {self._cycle_limit} cycles")
 
 
 class CycleCounter:
@@ -109,10 +122,12 @@ async def _stream_and_check(dut, unit, reductions, *, name, idle, backpressure, 
     expected = model(reductions)
     out_layout = unit.o.payload.shape()
     words = list(PayloadPacker(unit).words(reductions))
-    rng = random.Random(seed)
-    driver = StreamDriver(dut.clk, (dut.i__valid, dut.i__ready, dut.i__payload), idle=idle, rng=rng)
+    # Separate generators: the stall pattern must not depend on how the simulator orders coroutines.
+    driver = StreamDriver(dut.clk, (dut.i__valid, dut.i__ready, dut.i__payload), idle=idle,
+                          rng=random.Random(seed))
+    cycle_limit = 20 * (len(words) + len(reductions)) + 100
     monitor = StreamMonitor(dut.clk, (dut.o__valid, dut.o__ready, dut.o__payload), backpressure=backpressure,
-                            rng=rng)
+                            rng=random.Random(seed + 1), cycle_limit=cycle_limit)
     counter = CycleCounter(dut.clk)
     await _reset(dut)
     cocotb.start_soon(counter.run())

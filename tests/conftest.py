@@ -17,7 +17,7 @@ def pytest_terminal_summary(terminalreporter):
     for simulator, report in _BENCH_REPORTS:
         detail = ""
         if report.get("element_code_pairs"):
-            detail = f"  ({report['element_code_pairs']} element code pairs, every one through every multiplier)"
+            detail = f"  ({report['element_code_pairs']} element code pairs, each through all B multipliers of a lane)"
         elif report.get("block_pairs"):
             detail = (f"  ({report['reductions']} reductions, {report['block_pairs']} block pairs, "
                       f"idle {report['idle']}, back-pressure {report['backpressure']})")

@@ -27,21 +27,33 @@ def rtl_decode_fields(fmt, codes):
     return results
 
 
-def rtl_dot(unit, reductions, *, idle=0.0, backpressure=0.0, seed=0, drop_first=False):
+def rtl_dot(unit, reductions, *, idle=0.0, backpressure=0.0, seed=0, drop_first=False, drain=8):
     """Stream ``reductions`` through ``unit`` in amaranth.sim with random idle input cycles and output
-    back-pressure; ``drop_first`` clears the ``first`` marker of every reduction but the first. Returns (results: per reduction a list of ``lanes`` FP32 bit patterns, overflow
-    flags, cycles at which input blocks were accepted, cycles at which results were taken)."""
-    rng = random.Random(seed)
+    back-pressure; ``drop_first`` clears the ``first`` marker of every reduction but the first. Returns
+    (results: per reduction a list of ``lanes`` FP32 bit patterns, overflow flags, cycles at which input
+    blocks were accepted, cycles at which results were taken).
+
+    Fails, instead of hanging or passing quietly, if results stop coming (cycle limit), if ``o`` drops
+    valid or changes its payload while stalled, or if any extra result appears in ``drain`` cycles after
+    the last expected one."""
     words = list(PayloadPacker(unit).words(reductions))
     if drop_first:
         first_bit = 1 << dict(unit.i.payload.shape())["first"].offset
         words = words[:1] + [word & ~first_bit for word in words[1:]]
+    return rtl_dot_words(unit, words, expected_results=len(reductions), idle=idle, backpressure=backpressure,
+                         seed=seed, drain=drain)
+
+
+def rtl_dot_words(unit, words, *, expected_results, idle=0.0, backpressure=0.0, seed=0, drain=8):
+    """``rtl_dot`` on raw payload words, for streams no Reduction describes (e.g. a misplaced marker)."""
+    cycle_limit = 20 * (len(words) + expected_results) + 10 * unit.latency + 100
+    producer_rng, consumer_rng = random.Random(seed), random.Random(seed + 1)
     results, overflows, accepted, delivered = [], [], [], []
 
     async def producer(ctx):
         cycle = 0
         for word in words:
-            while rng.random() < idle:
+            while producer_rng.random() < idle:
                 ctx.set(unit.i.valid, 0)
                 await ctx.tick()
                 cycle += 1
@@ -56,13 +68,22 @@ def rtl_dot(unit, reductions, *, idle=0.0, backpressure=0.0, seed=0, drop_first=
         ctx.set(unit.i.valid, 0)
 
     async def consumer(ctx):
-        cycle = 0
-        while len(results) < len(reductions):
-            ready = int(rng.random() >= backpressure)
+        cycle, held, idle_after_last = 0, None, 0
+        while idle_after_last < drain:
+            done = len(results) == expected_results
+            ready = 1 if done else int(consumer_rng.random() >= backpressure)
             ctx.set(unit.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(unit.o.valid, unit.o.payload)
+            _, _, valid, bits, payload = await ctx.tick().sample(
+                unit.o.valid, unit.o.payload.as_value(), unit.o.payload)
             cycle += 1
-            if ready and valid:  # a transfer happens at the edge where valid and ready were both high
+            assert cycle <= cycle_limit, f"{len(results)} of {expected_results} results after {cycle} cycles"
+            if held is not None:
+                assert valid and bits == held, "o dropped valid or changed its payload while stalled"
+            held = bits if valid and not ready else None
+            if done:
+                assert not valid, "the unit produced more results than reductions"
+                idle_after_last += 1
+            elif ready and valid:  # a transfer happens at the edge where valid and ready were both high
                 results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
                 overflows.append(int(payload.overflow))
                 delivered.append(cycle)

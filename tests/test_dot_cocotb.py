@@ -26,6 +26,7 @@ def test_dot_bench(name, simulator, tmp_path_factory, bench_reports):
     result = run_dot_bench(params, simulator, tmp_path_factory.mktemp("cocotb"), suites=suites, count=120,
                            max_reduction=40, idle=0.25, backpressure=0.3)
     assert result.tests == len(suites) and result.failures == 0
+    assert [report["suite"] for report in result.reports] == list(suites)
     for report in result.reports:
         bench_reports.append((simulator, report))
         assert report["mismatches"] == 0 and report["overflow_flags"] == 0

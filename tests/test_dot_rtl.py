@@ -7,9 +7,12 @@ import torch
 
 from fgmp import golden
 from fgmp.hw import DotUnit
-from fgmp.sim.dot_stimuli import (ONE_SCALE, Reduction, exhaustive_reductions, expected_results,
-                                  random_reductions)
-from rtl_ops import rtl_dot
+from amaranth import ClockDomain, Module
+from amaranth.sim import Simulator
+
+from fgmp.sim.dot_stimuli import (ONE_SCALE, PayloadPacker, Reduction, exhaustive_reductions,
+                                  expected_results, random_reductions)
+from rtl_ops import rtl_dot, rtl_dot_words
 
 B = 16
 NAN = golden.CANONICAL_NAN_BITS
@@ -167,3 +170,83 @@ def test_invalid_parameters_raise_clear_errors(kwargs, error, message):
 def test_parameters_are_keyword_only():
     with pytest.raises(TypeError):
         DotUnit(4)
+
+
+def test_first_in_the_middle_of_a_reduction_restarts_it():
+    unit = DotUnit(lanes=1, pipeline_stages=0)
+    x = _uniform(1, 3, 0x38, ONE_SCALE)
+    w = _bt([[[0x38] * B, [0x40] * B, [0x48] * B]], [[ONE_SCALE] * 3], [[True] * 3])  # 1, 2, 4
+    words = list(PayloadPacker(unit).words([Reduction(w, x)]))
+    first_bit = 1 << dict(unit.i.payload.shape())["first"].offset
+    words[2] |= first_bit  # the third block restarts: only 16 * 4 = 64 remains
+    results, _, _, _ = rtl_dot_words(unit, words, expected_results=1)
+    assert results == [[0x42800000]]
+
+
+def test_nvfp4_activation_bytes_with_nan_patterns_are_e2m1_codes():
+    """0x7F and 0xFF in an NVFP4 activation block are E2M1 0xF (-6), never NaN."""
+    unit = DotUnit(lanes=1, pipeline_stages=0)
+    w = _uniform(1, 1, 0x38, ONE_SCALE)
+    x = _bt([[[0x7F] * (B // 2) + [0xFF] * (B // 2)]], [[ONE_SCALE]], [[False]])
+    results, _, _, _ = rtl_dot(unit, [Reduction(w, x)])
+    assert results == expected_results([Reduction(w, x)]) == [[0xC2C00000]]  # 16 * -6 = -96
+
+
+def test_other_block_sizes_match_golden():
+    unit = DotUnit(lanes=2, block_size=4, max_blocks=16, pipeline_stages=2)
+    reductions = random_reductions(lanes=2, formats=unit.formats, block_size=4, count=40, max_blocks=12, seed=6)
+    results, _, _, _ = rtl_dot(unit, reductions, idle=0.2, backpressure=0.2)
+    assert results == expected_results(reductions)
+
+
+def test_random_suites_exercise_nan_and_zero_results():
+    reductions = random_reductions(lanes=4, formats=("nvfp4", "fp8"), block_size=B, count=50, max_blocks=20, seed=0)
+    flat = [bits for lanes in expected_results(reductions) for bits in lanes]
+    assert flat.count(NAN) > 0 and flat.count(0) > 0 and len(set(flat)) > 100
+
+
+def test_not_ready_during_reset():
+    unit = DotUnit(lanes=1, pipeline_stages=0)
+    m = Module()
+    m.domains.sync = domain = ClockDomain()
+    m.submodules.dut = unit
+    seen = []
+
+    async def testbench(ctx):
+        ctx.set(unit.o.ready, 1)
+        seen.append(ctx.get(unit.i.ready))
+        ctx.set(domain.rst, 1)
+        seen.append(ctx.get(unit.i.ready))
+        await ctx.tick()
+        ctx.set(domain.rst, 0)
+        seen.append(ctx.get(unit.i.ready))
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert seen == [1, 0, 1]
+
+
+def test_reduction_longer_than_fp32_range_is_rejected():
+    with pytest.raises(ValueError, match="A reduction of 309485009821345068724781056 blocks of 16 elements can "
+                                         "exceed the FP32 range; reduce the maximum blocks or the block size"):
+        DotUnit(lanes=1, max_blocks=1 << 88)
+    assert DotUnit(lanes=1, max_blocks=1 << 86).accumulator_width == 163
+
+
+@pytest.mark.parametrize("formats", [("nvfp4", "fp8"), ("fp8",), ("nvfp4",)])
+def test_fast_payload_packer_equals_the_layout(formats):
+    """PayloadPacker (used by every bench) against Amaranth's own layout packing and the generic packer."""
+    from fgmp.sim.dot_stimuli import transactions
+    from fgmp.sim.fields import pack_value, unpack_value
+
+    unit = DotUnit(lanes=3, formats=formats)
+    layout = unit.i.payload.shape()
+    reductions = random_reductions(lanes=3, formats=formats, block_size=B, count=20, max_blocks=5, seed=3)
+    payloads = list(transactions(unit, reductions))
+    words = list(PayloadPacker(unit).words(reductions))
+    assert len(words) == len(payloads) == sum(r.blocks for r in reductions)
+    for word, payload in zip(words, payloads):
+        assert word == pack_value(layout, payload) == layout.const(payload).as_value().value
+        assert unpack_value(layout, word) == payload

@@ -204,3 +204,24 @@ def test_invalid_operands_are_rejected():
         golden.unit_dot(batched, _bt([[[0] * B] * 2], [[0x38] * 2], [[True] * 2]))
     with pytest.raises(ValueError, match="must be at least 2-D"):
         golden.unit_dot(_bt([[0] * B], [0x38], [True]), x)
+
+
+def test_fp32_rounding_of_wide_accumulators_matches_the_fraction_oracle():
+    rng = random.Random(8)
+    for _ in range(500):
+        value = rng.choice([-1, 1]) * rng.getrandbits(rng.randint(53, 95))
+        if value == 0:
+            continue
+        rounded = O.fl32(O.Fraction(value, 1 << 36))
+        assert fp32_bits_of_scaled_integer(value) == _f32_bits(float(rounded))
+
+
+def test_limbs_stay_exact_when_every_block_is_its_own_chunk(monkeypatch):
+    """Carry normalisation between chunks, with negative block sums, gives the same bits as one chunk."""
+    import fgmp.golden.dot as dot
+
+    reductions = random_reductions(lanes=3, formats=("nvfp4", "fp8"), block_size=B, count=30, max_blocks=20,
+                                   seed=21)
+    whole = expected_results(reductions)
+    monkeypatch.setattr(dot, "_CHUNK_ELEMENTS", 1)
+    assert expected_results(reductions) == whole
