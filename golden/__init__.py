@@ -13,6 +13,7 @@ from .blocks import (
 from .formats import E2M1, E4M3, UE4M3, FloatFormat, decode, decode_fields, encode, encode_ratio
 from .packing import pack_blocks, pack_e2m1, unpack_blocks, unpack_e2m1
 from .bfloat16 import bf16_bits_to_fp32, fp32_to_bf16_bits
+from .actq import ActivationBlocks, ActivationConfig, exact_decisions, exact_scores, quantize_activations
 from .dot import ACCUMULATOR_LSB_EXPONENT, CANONICAL_NAN_BITS, bits_to_float32, fake_quant_matmul, layer_output, unit_dot
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "quantize_fp8", "quantize_nvfp4", "E2M1", "E4M3", "UE4M3", "FloatFormat", "decode", "decode_fields",
     "encode", "encode_ratio", "pack_blocks", "pack_e2m1", "unpack_blocks", "unpack_e2m1",
     "bf16_bits_to_fp32", "fp32_to_bf16_bits", "ACCUMULATOR_LSB_EXPONENT", "CANONICAL_NAN_BITS", "bits_to_float32", "fake_quant_matmul",
-    "layer_output", "unit_dot",
+    "layer_output", "unit_dot", "ActivationBlocks", "ActivationConfig", "exact_decisions", "exact_scores",
+    "quantize_activations",
 ]
