@@ -1,7 +1,9 @@
 """Amaranth 0.5 components of the FGMP datapath (docs/numerics.md is their contract). Never imports fgmp.golden."""
 
+from .actq import ActivationQuantizer
 from .decoder import Decoder
 from .dot import DotUnit
+from .engine import Engine
 from .formats import E2M1, E4M3, UE4M3, Format
 
-__all__ = ["Decoder", "DotUnit", "Format", "E2M1", "E4M3", "UE4M3"]
+__all__ = ["ActivationQuantizer", "Decoder", "DotUnit", "Engine", "Format", "E2M1", "E4M3", "UE4M3"]

@@ -94,3 +94,140 @@ def rtl_dot_words(unit, words, *, expected_results, idle=0.0, backpressure=0.0, 
     sim.add_testbench(consumer)
     sim.run()
     return results, overflows, accepted, delivered
+
+
+def rtl_actq(unit, x, config, *, idle=0.0, backpressure=0.0, seed=0):
+    """Load ``config`` (a golden ActivationConfig) into ``unit``, stream the BF16 tensor ``x`` (T, K) through
+    it, one reduction per row, and return (codes (T, n, B) uint8, scales (T, n), precision (T, n), first/
+    last markers, [fp8 blocks, nvfp4 blocks, table overflow flag]). Only as many sensitivity rows as the
+    unit's table holds are loaded."""
+    import torch
+
+    B = unit.block_size
+    rows, channels = x.shape
+    bits = x.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    table = config.sensitivities.reshape(-1, B).tolist()[: unit.max_channels // B]
+    producer_rng, consumer_rng = random.Random(seed), random.Random(seed + 1)
+    outputs = []
+    expected = rows * (channels // B)
+    in_layout = unit.i.payload.shape()
+
+    async def producer(ctx):
+        for row, codes in enumerate(table):
+            ctx.set(unit.config.table_write, 1)
+            ctx.set(unit.config.table_row, row)
+            ctx.set(unit.config.table_data, codes)
+            await ctx.tick()
+        ctx.set(unit.config.table_write, 0)
+        ctx.set(unit.config.set_registers, 1)
+        ctx.set(unit.config.clear_counters, 1)
+        ctx.set(unit.config.scale_exponent, config.scale_exponent)
+        ctx.set(unit.config.threshold, config.threshold_bits)
+        await ctx.tick()
+        ctx.set(unit.config.set_registers, 0)
+        ctx.set(unit.config.clear_counters, 0)
+        for t in range(rows):
+            for b in range(channels // B):
+                while producer_rng.random() < idle:
+                    ctx.set(unit.i.valid, 0)
+                    await ctx.tick()
+                ctx.set(unit.i.valid, 1)
+                ctx.set(unit.i.payload, in_layout.const({
+                    "values": bits[t, b * B:(b + 1) * B].tolist(), "first": int(b == 0),
+                    "last": int(b == channels // B - 1)}))
+                await ctx.tick().until(unit.i.ready)
+        ctx.set(unit.i.valid, 0)
+
+    async def consumer(ctx):
+        cycles = 0
+        while len(outputs) < expected:
+            ready = int(consumer_rng.random() >= backpressure)
+            ctx.set(unit.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(unit.o.valid, unit.o.payload)
+            cycles += 1
+            assert cycles < 50 * expected + 10 * len(table) + 100, "results stopped coming"
+            if ready and valid:
+                outputs.append((
+                    [int(c) for c in payload.block.codes], int(payload.block.scale), int(payload.block.fp8),
+                    int(payload.first), int(payload.last)))
+        await ctx.tick()
+        counters.extend([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks), ctx.get(unit.table_overflow)])
+
+    counters = []
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    n = channels // B
+    codes = torch.tensor([o[0] for o in outputs], dtype=torch.uint8).reshape(rows, n, B)
+    scales = torch.tensor([o[1] for o in outputs], dtype=torch.uint8).reshape(rows, n)
+    precision = torch.tensor([o[2] for o in outputs], dtype=torch.bool).reshape(rows, n)
+    markers = [(o[3], o[4]) for o in outputs]
+    return codes, scales, precision, markers, counters
+
+
+def rtl_engine(unit, weights, x, config, *, idle=0.0, backpressure=0.0, seed=0):
+    """Load ``config`` into the engine, stream BF16 ``x`` (T, K) with the weight BlockTensor (lanes, K)
+    alongside, one reduction per row; returns ((T, lanes) FP32 bit patterns, [fp8, nvfp4 counters])."""
+    import torch
+
+    B = unit.block_size
+    rows, channels = x.shape
+    n = channels // B
+    bits = x.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
+    table = config.sensitivities.reshape(-1, B).tolist()
+    layout = unit.i.payload.shape()
+    words = []
+    for t in range(rows):
+        for b in range(n):
+            words.append(layout.const({
+                "values": bits[t, b * B:(b + 1) * B].tolist(),
+                "weights": [{"codes": weights.codes[lane, b].tolist(), "scale": int(weights.scales[lane, b]),
+                             "fp8": int(weights.precision[lane, b])} for lane in range(unit.lanes)],
+                "first": int(b == 0), "last": int(b == n - 1)}))
+    producer_rng, consumer_rng = random.Random(seed), random.Random(seed + 1)
+    results, counters = [], []
+
+    async def producer(ctx):
+        for row, codes in enumerate(table):
+            ctx.set(unit.config.table_write, 1)
+            ctx.set(unit.config.table_row, row)
+            ctx.set(unit.config.table_data, codes)
+            await ctx.tick()
+        ctx.set(unit.config.table_write, 0)
+        ctx.set(unit.config.set_registers, 1)
+        ctx.set(unit.config.clear_counters, 1)
+        ctx.set(unit.config.scale_exponent, config.scale_exponent)
+        ctx.set(unit.config.threshold, config.threshold_bits)
+        await ctx.tick()
+        ctx.set(unit.config.set_registers, 0)
+        ctx.set(unit.config.clear_counters, 0)
+        for word in words:
+            while producer_rng.random() < idle:
+                ctx.set(unit.i.valid, 0)
+                await ctx.tick()
+            ctx.set(unit.i.valid, 1)
+            ctx.set(unit.i.payload, word)
+            await ctx.tick().until(unit.i.ready)
+        ctx.set(unit.i.valid, 0)
+
+    async def consumer(ctx):
+        cycles = 0
+        while len(results) < rows:
+            ready = int(consumer_rng.random() >= backpressure)
+            ctx.set(unit.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(unit.o.valid, unit.o.payload)
+            cycles += 1
+            assert cycles < 50 * len(words) + 10 * len(table) + 100, "results stopped coming"
+            if ready and valid:
+                results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
+        await ctx.tick()
+        counters.extend([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks)])
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    return torch.tensor(results, dtype=torch.int64), counters

@@ -1,0 +1,90 @@
+"""Small combinational building blocks shared by the units: leading-one detection, normalisation, and
+exact round-to-nearest-even of a ratio into a small float format (docs/numerics.md §2)."""
+
+from amaranth import Const, Mux, Signal, signed
+
+from .formats import Format
+
+__all__ = ["leading_one", "normalize", "round_ratio", "max_code"]
+
+
+def leading_one(m, value, name):
+    """Position of the most significant set bit of ``value`` (0 when ``value`` is 0)."""
+    position = Signal(range(max(len(value), 2)), name=f"{name}_msb")
+    for bit in range(len(value)):  # the last matching assignment wins: the highest set bit
+        with m.If(value[bit]):
+            m.d.comb += position.eq(bit)
+    return position
+
+
+def normalize(m, significand, exponent, name):
+    """(significand shifted so its top bit is set, exponent lowered to match): same value, or 0."""
+    width = len(significand)
+    msb = leading_one(m, significand, name)
+    shift = Signal(range(width), name=f"{name}_shift")
+    m.d.comb += shift.eq(width - 1 - msb)
+    normalized = Signal(width, name=f"{name}_sig")
+    adjusted = Signal(signed(len(exponent) + 1), name=f"{name}_exp")
+    m.d.comb += [normalized.eq(significand << shift), adjusted.eq(exponent - shift)]
+    return normalized, adjusted
+
+
+def max_code(fmt):
+    """Largest finite magnitude code: the all-ones code is NaN in formats that have one."""
+    return (1 << fmt.magnitude_bits) - (2 if fmt.has_nan else 1)
+
+
+def round_ratio(m, num_sig, num_exp, den_sig, den_exp, fmt, name):
+    """Magnitude code of RNE_fmt(n / d), saturating, for n = num_sig * 2**num_exp (num_sig 8 bits with its
+    top bit set, or 0) and d = den_sig * 2**den_exp (den_sig 4 bits, top bit set).
+
+    The quotient is formed to 9 bits plus a remainder, which covers the at most 4 significant bits, the
+    guard bit and the sticky bit every target format needs. A zero numerator gives code 0.
+    """
+    if not isinstance(fmt, Format) or fmt.significand_bits > 4:
+        raise ValueError(f"round_ratio handles formats of at most 4 significand bits, not {fmt!r}")
+    p = fmt.significand_bits
+    emin = 1 - fmt.bias
+    extra = 4  # quotient bits below the numerator's LSB: Q = num_sig * 16 // den_sig is 136..510
+    dividend = Signal(8 + extra, name=f"{name}_dividend")
+    quotient = Signal(9, name=f"{name}_q")
+    remainder = Signal(4, name=f"{name}_r")
+    m.d.comb += [dividend.eq(num_sig << extra), quotient.eq(dividend // den_sig),
+                 remainder.eq(dividend % den_sig)]
+
+    exp_width = max(len(num_exp), len(den_exp)) + 3
+    base = Signal(signed(exp_width), name=f"{name}_base")  # value = (Q + R/d) * 2**base
+    m.d.comb += base.eq(num_exp - den_exp - extra)
+    leading = Signal(signed(exp_width), name=f"{name}_e")  # exponent of the leading one
+    m.d.comb += leading.eq(base + 7 + quotient[8])
+    target = Signal(signed(exp_width), name=f"{name}_target")  # max(leading, emin)
+    m.d.comb += target.eq(Mux(leading < emin, emin, leading))
+    shift_raw = Signal(signed(exp_width + 1), name=f"{name}_shift_raw")
+    m.d.comb += shift_raw.eq(target - (p - 1) - base)
+    # Beyond 10 every quotient bit is below the guard bit: the result is the same as at 11.
+    shift = Signal(range(12), name=f"{name}_shift")
+    m.d.comb += shift.eq(Mux(shift_raw > 11, 11, shift_raw))
+
+    kept = Signal(9, name=f"{name}_kept")
+    guard = Signal(name=f"{name}_guard")
+    below = Signal(9, name=f"{name}_below")
+    guard_position = Signal(range(11), name=f"{name}_guard_at")  # shift >= 4 always: 8 - (p - 1) - 1
+    m.d.comb += [guard_position.eq(shift - 1), kept.eq(quotient >> shift),
+                 guard.eq((quotient >> guard_position)[0]),
+                 below.eq(quotient & ((Const(1, 12) << guard_position) - 1))]
+    sticky = below.any() | remainder.any()
+    rounded = Signal(10, name=f"{name}_n")
+    m.d.comb += rounded.eq(kept + (guard & (sticky | kept[0])))
+
+    # code = (target - emin) << (p - 1) + n covers normal, subnormal, the carry into the next binade and
+    # a subnormal rounding up to the smallest normal alike.
+    code_wide = Signal(signed(exp_width + p + 2), name=f"{name}_wide")
+    m.d.comb += code_wide.eq(((target - emin) << (p - 1)) + rounded)
+    code = Signal(fmt.magnitude_bits, name=f"{name}_code")
+    with m.If(num_sig == 0):
+        m.d.comb += code.eq(0)
+    with m.Elif(code_wide > max_code(fmt)):
+        m.d.comb += code.eq(max_code(fmt))
+    with m.Else():
+        m.d.comb += code.eq(code_wide)
+    return code

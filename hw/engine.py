@@ -1,0 +1,91 @@
+"""The FGMP engine: the activation quantization unit feeding the dot unit (BF16 activations in, FP32
+results out), with the weight blocks streamed alongside each activation block."""
+
+from amaranth import Module
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .actq import ActivationQuantizer
+from .dot import FORMATS, DotUnit, block_layout
+
+__all__ = ["Engine"]
+
+
+class Engine(wiring.Component):
+    """Activation quantization unit -> dot unit (docs/hardware.md, docs/interfaces.md).
+
+    Weights are pre-quantized FGMP blocks streamed next to the activations: each input transfer carries
+    one BF16 activation block and the ``lanes`` weight blocks it meets. They ride through the activation
+    unit's pipeline unchanged (its ``passthrough``), so both arrive at the dot unit on the same cycle;
+    a weight memory or buffer in front of this stream is the integrator's choice.
+
+    Parameters (keyword-only): ``lanes``, ``block_size`` (16), ``max_channels`` (4096, the sensitivity
+    table and so the longest reduction in elements), ``quantizer_stages`` (1) and ``dot_stages`` (1), the
+    two units' pipeline cuts.
+
+    Ports: ``i`` (In stream ``{values: BF16[B], weights: block[lanes], first, last}``), ``o`` (the dot
+    unit's output stream), ``config`` (the activation unit's configuration port), ``fp8_blocks``,
+    ``nvfp4_blocks``, ``table_overflow`` (the activation unit's status).
+    """
+
+    def __init__(self, *, lanes, block_size=16, max_channels=4096, quantizer_stages=1, dot_stages=1):
+        # The quantizer validates block size, channels and its stages; the dot unit validates the rest.
+        ActivationQuantizer(block_size=block_size, max_channels=max_channels, pipeline_stages=quantizer_stages)
+        self._dot = DotUnit(lanes=lanes, block_size=block_size, max_blocks=max_channels // block_size,
+                            pipeline_stages=dot_stages)
+        weights = data.ArrayLayout(block_layout(FORMATS, block_size), lanes)
+        self._quantizer = ActivationQuantizer(block_size=block_size, max_channels=max_channels,
+                                              pipeline_stages=quantizer_stages, passthrough=weights)
+        in_layout = data.StructLayout({"values": data.ArrayLayout(16, block_size), "weights": weights,
+                                       "first": 1, "last": 1})
+        super().__init__({
+            "i": In(stream.Signature(in_layout)),
+            "o": Out(stream.Signature(self._dot.o.payload.shape())),
+            "config": In(self._quantizer.config.shape()),
+            "fp8_blocks": Out(32),
+            "nvfp4_blocks": Out(32),
+            "table_overflow": Out(1),
+        })
+
+    @property
+    def lanes(self):
+        return self._dot.lanes
+
+    @property
+    def block_size(self):
+        return self._dot.block_size
+
+    @property
+    def max_channels(self):
+        return self._quantizer.max_channels
+
+    @property
+    def latency(self):
+        """Cycles from the edge that takes a reduction's last block to the earliest edge that can
+        transfer its results."""
+        return self._quantizer.latency + self._dot.latency
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.quantizer = quantizer = self._quantizer
+        m.submodules.dot = dot = self._dot
+        m.d.comb += [
+            quantizer.i.valid.eq(self.i.valid),
+            self.i.ready.eq(quantizer.i.ready),
+            quantizer.i.payload.values.eq(self.i.payload.values),
+            quantizer.i.payload.passthrough.eq(self.i.payload.weights),
+            quantizer.i.payload.first.eq(self.i.payload.first),
+            quantizer.i.payload.last.eq(self.i.payload.last),
+            quantizer.config.eq(self.config),
+            dot.i.valid.eq(quantizer.o.valid),
+            quantizer.o.ready.eq(dot.i.ready),
+            dot.i.payload.activation.eq(quantizer.o.payload.block),
+            dot.i.payload.weights.eq(quantizer.o.payload.passthrough),
+            dot.i.payload.first.eq(quantizer.o.payload.first),
+            dot.i.payload.last.eq(quantizer.o.payload.last),
+            self.fp8_blocks.eq(quantizer.fp8_blocks),
+            self.nvfp4_blocks.eq(quantizer.nvfp4_blocks),
+            self.table_overflow.eq(quantizer.table_overflow),
+        ]
+        wiring.connect(m, dot.o, wiring.flipped(self.o))
+        return m
