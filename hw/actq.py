@@ -10,7 +10,7 @@ from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
 
-__all__ = ["ActivationQuantizer"]
+__all__ = ["ActivationQuantizer", "check_parameters"]
 
 _BF16_BIAS_AND_MANTISSA = 127 + 7
 _DELTA_BITS = 12
@@ -28,6 +28,18 @@ def _check_count(name, value, minimum):
         raise TypeError(f"{name} must be an integer, not {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, not {value}")
+
+
+def check_parameters(*, block_size, max_channels, pipeline_stages):
+    """The generator parameters' checks, shared with the engine; raises TypeError/ValueError."""
+    _check_count("Block size", block_size, 1)
+    _check_count("Maximum channels", max_channels, 1)
+    if max_channels % block_size:
+        raise ValueError(f"Maximum channels ({max_channels}) must be a multiple of the block size ({block_size})")
+    if not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool):
+        raise TypeError(f"Pipeline stages must be an integer, not {pipeline_stages!r}")
+    if not 0 <= pipeline_stages <= _MAX_PIPELINE_STAGES:
+        raise ValueError(f"Pipeline stages must be between 0 and {_MAX_PIPELINE_STAGES}, not {pipeline_stages}")
 
 
 class ActivationQuantizer(wiring.Component):
@@ -53,15 +65,7 @@ class ActivationQuantizer(wiring.Component):
     """
 
     def __init__(self, *, block_size=16, max_channels=4096, pipeline_stages=1, passthrough=None):
-        _check_count("Block size", block_size, 1)
-        _check_count("Maximum channels", max_channels, 1)
-        if max_channels % block_size:
-            raise ValueError(f"Maximum channels ({max_channels}) must be a multiple of the block size "
-                             f"({block_size})")
-        if not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool):
-            raise TypeError(f"Pipeline stages must be an integer, not {pipeline_stages!r}")
-        if not 0 <= pipeline_stages <= _MAX_PIPELINE_STAGES:
-            raise ValueError(f"Pipeline stages must be between 0 and {_MAX_PIPELINE_STAGES}, not {pipeline_stages}")
+        check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=pipeline_stages)
         self._block_size = block_size
         self._max_channels = max_channels
         self._pipeline_stages = pipeline_stages

@@ -5,7 +5,7 @@ from amaranth import Module
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .actq import ActivationQuantizer
+from .actq import ActivationQuantizer, check_parameters
 from .dot import FORMATS, DotUnit, block_layout
 
 __all__ = ["Engine"]
@@ -30,7 +30,7 @@ class Engine(wiring.Component):
 
     def __init__(self, *, lanes, block_size=16, max_channels=4096, quantizer_stages=1, dot_stages=1):
         # The quantizer validates block size, channels and its stages; the dot unit validates the rest.
-        ActivationQuantizer(block_size=block_size, max_channels=max_channels, pipeline_stages=quantizer_stages)
+        check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=quantizer_stages)
         self._dot = DotUnit(lanes=lanes, block_size=block_size, max_blocks=max_channels // block_size,
                             pipeline_stages=dot_stages)
         weights = data.ArrayLayout(block_layout(FORMATS, block_size), lanes)

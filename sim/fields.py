@@ -27,10 +27,11 @@ def pack_value(layout, value):
             raise ValueError(f"Expected {layout.length} elements, not {len(value)}")
         width = Shape.cast(layout.elem_shape).width
         return sum(pack_value(layout.elem_shape, element) << (k * width) for k, element in enumerate(value))
-    width = Shape.cast(layout).width
-    if not 0 <= value < 1 << width:
-        raise ValueError(f"{value} does not fit in {width} bits")
-    return int(value)
+    shape = Shape.cast(layout)
+    low, high = (-(1 << shape.width - 1), 1 << shape.width - 1) if shape.signed else (0, 1 << shape.width)
+    if not low <= value < high:
+        raise ValueError(f"{value} does not fit in {shape!r}")
+    return int(value) & ((1 << shape.width) - 1)  # two's complement for signed fields
 
 
 def unpack_value(layout, word):
@@ -40,4 +41,6 @@ def unpack_value(layout, word):
     if isinstance(layout, data.ArrayLayout):
         width = Shape.cast(layout.elem_shape).width
         return [unpack_value(layout.elem_shape, word >> (k * width)) for k in range(layout.length)]
-    return word & ((1 << Shape.cast(layout).width) - 1)
+    shape = Shape.cast(layout)
+    value = word & ((1 << shape.width) - 1)
+    return value - (1 << shape.width) if shape.signed and value >> (shape.width - 1) else value

@@ -18,6 +18,11 @@ def pytest_terminal_summary(terminalreporter):
         detail = ""
         if report.get("element_code_pairs"):
             detail = f"  ({report['element_code_pairs']} element code pairs, each through all B multipliers of a lane)"
+        elif report.get("suite") == "quantizer":
+            detail = (f"  ({report['blocks']} BF16 blocks under {report['rounds']} configurations, "
+                      f"{report['fp8_blocks']} chose FP8)")
+        elif report.get("suite") == "engine":
+            detail = f"  ({report['rounds']} configurations x {report['tokens']} tokens, FP32 lane results)"
         elif report.get("block_pairs"):
             detail = (f"  ({report['reductions']} reductions, {report['block_pairs']} block pairs, "
                       f"idle {report['idle']}, back-pressure {report['backpressure']})")
