@@ -48,6 +48,49 @@ def _generate_dot(args):
     return 0
 
 
+def _generate_actq(args):
+    from fgmp.hw import ActivationQuantizer, Engine
+    from fgmp.hw.verilog import lint, write_verilog
+
+    try:
+        if args.unit == "engine":
+            unit = Engine(lanes=args.lanes, block_size=args.block_size, max_channels=args.max_channels,
+                          quantizer_stages=args.pipeline_stages, dot_stages=args.dot_stages)
+            top = args.name or f"fgmp_engine_l{args.lanes}"
+        else:
+            unit = ActivationQuantizer(block_size=args.block_size, max_channels=args.max_channels,
+                                       pipeline_stages=args.pipeline_stages)
+            top = args.name or "fgmp_actq"
+    except (ValueError, TypeError) as error:  # the generator's own parameter checks
+        print(f"fgmp: error: {error}", file=sys.stderr)
+        return 2
+    path = write_verilog(unit, top, args.out)
+    if args.lint:
+        lint(path, top)
+    print(f"wrote {path}" + (" (verilator -Wall lint clean)" if args.lint else ""))
+    print(f"  blocks of {unit.block_size} BF16 values, sensitivity table for {unit.max_channels} channels, "
+          f"latency {unit.latency} cycles, one block per cycle")
+    return 0
+
+
+def _demo_engine(args, out):
+    from fgmp.sim.actq import run_engine_bench, run_quantizer_bench
+
+    print("Activation quantization unit and engine (BF16 -> NVFP4/FP8 per block -> dot unit -> FP32)\n")
+    print(f"{'simulator':<11}{'bench':<14}{'checked':>9}{'mismatches':>12}{'seconds':>9}")
+    bad = 0
+    for simulator in args.simulators:
+        for name, run, params in (
+                ("quantizer", run_quantizer_bench, {"max_channels": 64, "pipeline_stages": 1}),
+                ("engine", run_engine_bench, {"lanes": 4, "max_channels": 64})):
+            start = time.perf_counter()
+            report = run(params, simulator, out / "sim").report
+            bad += report["mismatches"]
+            print(f"{simulator:<11}{name:<14}{report['checked']:>9}{report['mismatches']:>12}"
+                  f"{time.perf_counter() - start:>9.1f}")
+    return bad
+
+
 def _demo_dot(args, out):
     from fgmp.hw import DotUnit
     from fgmp.hw.verilog import lint, write_verilog
@@ -104,6 +147,8 @@ def _demo(args):
     print()
     bad += _demo_dot(args, out)
     print()
+    bad += _demo_engine(args, out)
+    print()
     _demo_quantizer()
     return 0 if bad == 0 else 1
 
@@ -154,6 +199,22 @@ def build_parser():
     dot.add_argument("--no-lint", dest="lint", action="store_false",
                      help="skip the verilator --lint-only -Wall check")
     dot.set_defaults(func=_generate_dot)
+
+    for name, help_text in (("actq", "the mixed-precision activation quantization unit"),
+                             ("engine", "activation quantization unit -> dot unit")):
+        unit = units.add_parser(name, help=help_text)
+        if name == "engine":
+            unit.add_argument("--lanes", type=int, default=4, help="dot-unit lanes (default 4)")
+            unit.add_argument("--dot-stages", type=int, default=1, help="dot-unit register cuts, 0..3")
+        unit.add_argument("--block-size", type=int, default=16)
+        unit.add_argument("--max-channels", type=int, default=4096,
+                          help="longest reduction in elements: the sensitivity table's size")
+        unit.add_argument("--pipeline-stages", type=int, default=1,
+                          help="activation-unit register cuts, 0..3 (default 1)")
+        unit.add_argument("--name", help="Verilog module name")
+        unit.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
+        unit.add_argument("--no-lint", dest="lint", action="store_false")
+        unit.set_defaults(func=_generate_actq)
 
     demo = commands.add_parser("demo", help="generate, lint and simulate the units; print a report")
     demo.add_argument("--out", type=Path, default=Path("out/demo"))

@@ -91,3 +91,19 @@ def test_generate_dot_reports_invalid_parameters(tmp_path, capsys):
     assert main(["generate", "dot", "--pipeline-stages", "5", "--out", str(tmp_path)]) == 2
     assert "Pipeline stages must be between 0 and 3, not 5" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_generate_actq_and_engine_write_lint_clean_verilog(tmp_path, capsys):
+    assert main(["generate", "actq", "--max-channels", "64", "--out", str(tmp_path)]) == 0
+    assert main(["generate", "engine", "--lanes", "2", "--max-channels", "64", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.count("lint clean") == 2
+    actq = (tmp_path / "fgmp_actq.v").read_text()
+    engine = (tmp_path / "fgmp_engine_l2.v").read_text()
+    assert "module fgmp_actq(" in actq and "output [31:0] fp8_blocks;" in actq
+    assert "input [257:0] i__payload;" in actq  # 16 BF16 values + first + last
+    assert "module fgmp_engine_l2(" in engine and "input [531:0] i__payload;" in engine  # + 2 x 137 weights
+
+
+def test_generate_actq_reports_invalid_parameters(tmp_path, capsys):
+    assert main(["generate", "actq", "--max-channels", "100", "--out", str(tmp_path)]) == 2
+    assert "Maximum channels (100) must be a multiple of the block size (16)" in capsys.readouterr().err
