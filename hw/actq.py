@@ -228,7 +228,11 @@ class ActivationQuantizer(wiring.Component):
         s8_used = Signal(8, name="s8_used")
         m.d.comb += s8_used.eq(Mux(has_inf, _UE4M3_448, s8))
 
-        passthrough = [self.i.payload.passthrough.as_value()] if self._passthrough is not None else []
+        # T travels with its block, so a register write while blocks are in flight applies to later
+        # blocks only, for k and T alike.
+        passthrough = [threshold]
+        if self._passthrough is not None:
+            passthrough.append(self.i.payload.passthrough.as_value())
         stage1 = [s4, s8_used, forced, self.i.payload.first, self.i.payload.last, *passthrough]
         for i, (sign, significand, exponent, nan, inf) in enumerate(elements):
             norm_sig, norm_exp = normalize(m, Mux(nan | inf, 0, significand), exponent, f"x{i}_n")
@@ -300,6 +304,7 @@ class ActivationQuantizer(wiring.Component):
         q4_codes, q8_codes, terms = flat[5:5 + B], flat[5 + B:5 + 2 * B], flat[5 + 2 * B:]
 
         # Final stage: window the terms below the largest one, sum, compare with T, choose, count.
+        threshold, passthrough = passthrough[0], passthrough[1:]
         leading = []
         for i in range(B):
             tm, te = terms[2 * i], terms[2 * i + 1]

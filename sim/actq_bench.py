@@ -105,7 +105,7 @@ async def engine_matches_golden(dut):
     await start_clock_and_reset(dut, [dut.i__valid, dut.o__ready])
     for round_index, act_config in enumerate(random_configs(rng, x, count=config["rounds"], block_size=B)):
         await write_config(dut, config_layout, config_writes(act_config, B))
-        want, _ = golden.engine_dot(weights, x, act_config)
+        want, blocks = golden.engine_dot(weights, x, act_config)
         words = [pack_value(in_layout, {"values": bits[t][b * B:(b + 1) * B], "weights": weight_blocks[b],
                                         "first": int(b == 0), "last": int(b == n - 1)})
                  for t in range(tokens) for b in range(n)]
@@ -115,6 +115,9 @@ async def engine_matches_golden(dut):
             for lane in range(lanes):
                 scoreboard.compare({"k": act_config.scale_exponent, "token": t, "lane": lane},
                                    hex(results[lane]), hex(int(want[t, lane])))
+        counted = (int(dut.fp8_blocks.value), int(dut.nvfp4_blocks.value), int(dut.table_overflow.value))
+        scoreboard.compare({"k": act_config.scale_exponent, "counters": True}, counted,
+                           (int(blocks.precision.sum()), int((~blocks.precision).sum()), 0))
         await RisingEdge(dut.clk)
     scoreboard.write_report(suite="engine", rounds=config["rounds"], tokens=tokens, channels=channels,
                             idle=config["idle"], backpressure=config["backpressure"])

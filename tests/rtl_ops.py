@@ -139,18 +139,25 @@ def rtl_actq(unit, x, config, *, idle=0.0, backpressure=0.0, seed=0):
         ctx.set(unit.i.valid, 0)
 
     async def consumer(ctx):
-        cycles = 0
-        while len(outputs) < expected:
-            ready = int(consumer_rng.random() >= backpressure)
+        cycles, held, after_last = 0, None, 0
+        while after_last < 8:
+            done = len(outputs) == expected
+            ready = 1 if done else int(consumer_rng.random() >= backpressure)
             ctx.set(unit.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(unit.o.valid, unit.o.payload)
+            _, _, valid, payload, raw = await ctx.tick().sample(unit.o.valid, unit.o.payload,
+                                                                unit.o.payload.as_value())
             cycles += 1
             assert cycles < 50 * expected + 10 * len(table) + 100, "results stopped coming"
-            if ready and valid:
+            if held is not None:
+                assert valid and raw == held, "o dropped valid or changed its payload while stalled"
+            held = raw if valid and not ready else None
+            if done:
+                assert not valid, "the unit produced more blocks than it was given"
+                after_last += 1
+            elif ready and valid:
                 outputs.append((
                     [int(c) for c in payload.block.codes], int(payload.block.scale), int(payload.block.fp8),
                     int(payload.first), int(payload.last)))
-        await ctx.tick()
         counters.extend([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks), ctx.get(unit.table_overflow)])
 
     counters = []

@@ -30,4 +30,4 @@ def test_engine_bench(simulator, tmp_path_factory, bench_reports):
                               idle=0.25, backpressure=0.3)
     report = result.report
     bench_reports.append((simulator, report))
-    assert report["mismatches"] == 0 and report["checked"] == 2 * 10 * 4
+    assert report["mismatches"] == 0 and report["checked"] == 2 * 10 * 4 + 2  # lane results + counters
