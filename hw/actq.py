@@ -1,7 +1,7 @@
 """The mixed-precision activation quantization unit (docs/numerics.md §9): BF16 blocks in, NVFP4 or FP8
 blocks out, one block per cycle, decided by a Fisher-weighted score against a threshold."""
 
-from amaranth import Cat, Const, Module, Mux, ResetSignal, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,6 +9,7 @@ from .arith import leading_one, normalize, round_ratio
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
+from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
 __all__ = ["ActivationQuantizer", "check_parameters"]
 
@@ -16,30 +17,19 @@ _BF16_BIAS_AND_MANTISSA = 127 + 7
 _DELTA_BITS = 12
 _WINDOW_BITS = 40
 _SCORE_LSB = -45
-_MAX_PIPELINE_STAGES = 3
 _SCALE_448 = (14, 5)  # 448 = 14 * 2**5, as a normalised (4-bit significand, exponent) pair
 _SCALE_6 = (12, -1)  # 6 = 12 * 2**-1
 _UE4M3_448 = 0x7E
 _E4M3_NAN = 0x7F
 
 
-def _check_count(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value}")
-
-
 def check_parameters(*, block_size, max_channels, pipeline_stages):
     """The generator parameters' checks, shared with the engine; raises TypeError/ValueError."""
-    _check_count("Block size", block_size, 1)
-    _check_count("Maximum channels", max_channels, 1)
+    check_count("Block size", block_size, 1)
+    check_count("Maximum channels", max_channels, 1)
     if max_channels % block_size:
         raise ValueError(f"Maximum channels ({max_channels}) must be a multiple of the block size ({block_size})")
-    if not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool):
-        raise TypeError(f"Pipeline stages must be an integer, not {pipeline_stages!r}")
-    if not 0 <= pipeline_stages <= _MAX_PIPELINE_STAGES:
-        raise ValueError(f"Pipeline stages must be between 0 and {_MAX_PIPELINE_STAGES}, not {pipeline_stages}")
+    check_pipeline_stages(pipeline_stages)
 
 
 class ActivationQuantizer(wiring.Component):
@@ -134,28 +124,8 @@ class ActivationQuantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         B = self._block_size
-        stalled = self.o.valid & ~self.o.ready
-        enable = ~stalled
-        m.d.comb += self.i.ready.eq(enable & ~ResetSignal())
-
-        def cut(valid, signals, register):
-            """Optionally register a stage's outputs; every register advances together on ``enable``."""
-            if not register:
-                return valid, signals
-            named = []
-            for k, value in enumerate(signals):
-                if not isinstance(value, Signal):
-                    wire = Signal.like(value, name=f"stage_wire{k}")
-                    m.d.comb += wire.eq(value)
-                    value = wire
-                named.append(value)
-            signals = named
-            registered_valid = Signal(name=f"{signals[0].name}_v")
-            registered = [Signal.like(s, name=f"{s.name}_q") for s in signals]
-            with m.If(enable):
-                m.d.sync += registered_valid.eq(valid)
-                m.d.sync += [r.eq(s) for r, s in zip(registered, signals)]
-            return registered_valid, registered
+        pipeline = StallPipeline(m, self.i, self.o)
+        enable, cut = pipeline.enable, pipeline.cut
 
         # Configuration registers and the sensitivity table (one row of B codes per block position).
         scale_exponent = Signal(signed(8))

@@ -1,26 +1,19 @@
 """The FGMP dot-product unit (docs/numerics.md §8): L lanes, exact accumulation, one block pair per cycle."""
 
-from amaranth import Cat, Const, Module, Mux, ResetSignal, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3
+from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
 __all__ = ["DotUnit", "FORMATS", "block_layout"]
 
 FORMATS = ("nvfp4", "fp8")
 _CANONICAL_NAN = 0x7FC00000
-_MAX_PIPELINE_STAGES = 3
 # E2M1 joins the E4M3 datapath exactly: same significand, exponent + 8 (bias 1 / 1 mantissa bit vs 7 / 3).
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
-
-
-def _check_count(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, not {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value}")
 
 
 def _check_formats(formats):
@@ -65,13 +58,10 @@ class DotUnit(wiring.Component):
     """
 
     def __init__(self, *, lanes, block_size=16, max_blocks=1024, pipeline_stages=1, formats=FORMATS):
-        _check_count("Lanes", lanes, 1)
-        _check_count("Block size", block_size, 1)
-        _check_count("Maximum blocks", max_blocks, 1)
-        if not isinstance(pipeline_stages, int) or isinstance(pipeline_stages, bool):
-            raise TypeError(f"Pipeline stages must be an integer, not {pipeline_stages!r}")
-        if not 0 <= pipeline_stages <= _MAX_PIPELINE_STAGES:
-            raise ValueError(f"Pipeline stages must be between 0 and {_MAX_PIPELINE_STAGES}, not {pipeline_stages}")
+        check_count("Lanes", lanes, 1)
+        check_count("Block size", block_size, 1)
+        check_count("Maximum blocks", max_blocks, 1)
+        check_pipeline_stages(pipeline_stages)
         _check_formats(formats)
         self._lanes = lanes
         self._block_size = block_size
@@ -232,21 +222,8 @@ class DotUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        stalled = self.o.valid & ~self.o.ready
-        enable = ~stalled
-        # Not ready during reset: a block offered then would look taken but be lost.
-        m.d.comb += self.i.ready.eq(enable & ~ResetSignal())
-
-        def cut(valid, signals, register):
-            """Optionally register a stage's outputs; every register advances together on ``enable``."""
-            if not register:
-                return valid, signals
-            registered_valid = Signal(name=f"{signals[0].name}_v")
-            registered = [Signal.like(s, name=f"{s.name}_q") for s in signals]
-            with m.If(enable):
-                m.d.sync += registered_valid.eq(valid)
-                m.d.sync += [r.eq(s) for r, s in zip(registered, signals)]
-            return registered_valid, registered
+        pipeline = StallPipeline(m, self.i, self.o)
+        enable, cut = pipeline.enable, pipeline.cut
 
         cuts = {"tree": self._pipeline_stages >= 1, "products": self._pipeline_stages >= 2,
                 "term": self._pipeline_stages >= 3}
@@ -284,9 +261,7 @@ class DotUnit(wiring.Component):
             stage1.append((products, scale_significand, scale_shift, nan))
 
         flat = [s for products, sig, shift, nan in stage1 for s in (*products, sig, shift, nan)]
-        first_last = [Signal(name="first0"), Signal(name="last0")]
-        m.d.comb += [first_last[0].eq(payload.first), first_last[1].eq(payload.last)]
-        valid, flat = cut(self.i.valid, flat + first_last, cuts["products"])
+        valid, flat = cut(self.i.valid, flat + [payload.first, payload.last], cuts["products"])
         first, last = flat[-2:]
         per_lane = self._block_size + 3
 

@@ -2,7 +2,6 @@
 exponent range, configurations, and the packing of inputs and configuration writes."""
 
 import math
-import random
 
 import torch
 

@@ -1,10 +1,16 @@
-"""Small helpers that run one RTL unit in amaranth.sim, so tests read `assert rtl_op(x) == golden_op(x)`."""
+"""Small helpers that run one RTL unit in amaranth.sim, so tests read `assert rtl_op(x) == golden_op(x)`.
+
+Every streaming helper uses one source (random idle cycles, holds valid until taken) and one checked sink
+(random back-pressure; fails, instead of hanging or passing quietly, if results stop coming, if ``o``
+drops valid or changes its payload while stalled, or if an extra result appears after the last one).
+"""
 
 import random
 
 from amaranth.sim import Simulator
 
 from fgmp.hw import Decoder
+from fgmp.sim.actq_stimuli import config_writes
 from fgmp.sim.dot_stimuli import PayloadPacker
 
 
@@ -27,33 +33,17 @@ def rtl_decode_fields(fmt, codes):
     return results
 
 
-def rtl_dot(unit, reductions, *, idle=0.0, backpressure=0.0, seed=0, drop_first=False, drain=8):
-    """Stream ``reductions`` through ``unit`` in amaranth.sim with random idle input cycles and output
-    back-pressure; ``drop_first`` clears the ``first`` marker of every reduction but the first. Returns
-    (results: per reduction a list of ``lanes`` FP32 bit patterns, overflow flags, cycles at which input
-    blocks were accepted, cycles at which results were taken).
-
-    Fails, instead of hanging or passing quietly, if results stop coming (cycle limit), if ``o`` drops
-    valid or changes its payload while stalled, or if any extra result appears in ``drain`` cycles after
-    the last expected one."""
-    words = list(PayloadPacker(unit).words(reductions))
-    if drop_first:
-        first_bit = 1 << dict(unit.i.payload.shape())["first"].offset
-        words = words[:1] + [word & ~first_bit for word in words[1:]]
-    return rtl_dot_words(unit, words, expected_results=len(reductions), idle=idle, backpressure=backpressure,
-                         seed=seed, drain=drain)
-
-
-def rtl_dot_words(unit, words, *, expected_results, idle=0.0, backpressure=0.0, seed=0, drain=8):
-    """``rtl_dot`` on raw payload words, for streams no Reduction describes (e.g. a misplaced marker)."""
-    cycle_limit = 20 * (len(words) + expected_results) + 10 * unit.latency + 100
-    producer_rng, consumer_rng = random.Random(seed), random.Random(seed + 1)
-    results, overflows, accepted, delivered = [], [], [], []
-
-    async def producer(ctx):
+def _source(unit, words, *, idle, rng, accepted, config=()):
+    """Testbench: write the ``config`` port values first, then offer each payload word on ``unit.i``;
+    records the cycle at which each word was taken."""
+    async def source(ctx):
         cycle = 0
+        for value in config:
+            ctx.set(unit.config, value)
+            await ctx.tick()
+            cycle += 1
         for word in words:
-            while producer_rng.random() < idle:
+            while rng.random() < idle:
                 ctx.set(unit.i.valid, 0)
                 await ctx.tick()
                 cycle += 1
@@ -66,34 +56,83 @@ def rtl_dot_words(unit, words, *, expected_results, idle=0.0, backpressure=0.0, 
                     accepted.append(cycle)
                     break
         ctx.set(unit.i.valid, 0)
+    return source
 
-    async def consumer(ctx):
-        cycle, held, idle_after_last = 0, None, 0
+
+def _sink(unit, expected, *, backpressure, rng, cycle_limit, take, drain=8):
+    """Testbench: take ``expected`` transfers from ``unit.o`` (``take(payload, cycle)`` for each), then
+    watch ``drain`` more cycles for stray ones, checking the stream protocol throughout."""
+    async def sink(ctx):
+        cycle, held, taken, idle_after_last = 0, None, 0, 0
         while idle_after_last < drain:
-            done = len(results) == expected_results
-            ready = 1 if done else int(consumer_rng.random() >= backpressure)
+            done = taken == expected
+            ready = 1 if done else int(rng.random() >= backpressure)
             ctx.set(unit.o.ready, ready)
             _, _, valid, bits, payload = await ctx.tick().sample(
                 unit.o.valid, unit.o.payload.as_value(), unit.o.payload)
             cycle += 1
-            assert cycle <= cycle_limit, f"{len(results)} of {expected_results} results after {cycle} cycles"
+            assert cycle <= cycle_limit, f"{taken} of {expected} results after {cycle} cycles"
             if held is not None:
                 assert valid and bits == held, "o dropped valid or changed its payload while stalled"
             held = bits if valid and not ready else None
             if done:
-                assert not valid, "the unit produced more results than reductions"
+                assert not valid, "the unit produced more results than it was given work for"
                 idle_after_last += 1
             elif ready and valid:  # a transfer happens at the edge where valid and ready were both high
-                results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
-                overflows.append(int(payload.overflow))
-                delivered.append(cycle)
+                take(payload, cycle)
+                taken += 1
+    return sink
 
+
+def _run(unit, *testbenches):
     sim = Simulator(unit)
     sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
+    for testbench in testbenches:
+        sim.add_testbench(testbench)
     sim.run()
+
+
+def rtl_dot(unit, reductions, *, idle=0.0, backpressure=0.0, seed=0, drop_first=False, drain=8):
+    """Stream ``reductions`` through the dot ``unit`` with random idle input cycles and output
+    back-pressure; ``drop_first`` clears the ``first`` marker of every reduction but the first. Returns
+    (results: per reduction a list of ``lanes`` FP32 bit patterns, overflow flags, cycles at which input
+    blocks were accepted, cycles at which results were taken)."""
+    words = list(PayloadPacker(unit).words(reductions))
+    if drop_first:
+        first_bit = 1 << dict(unit.i.payload.shape())["first"].offset
+        words = words[:1] + [word & ~first_bit for word in words[1:]]
+    return rtl_dot_words(unit, words, expected_results=len(reductions), idle=idle, backpressure=backpressure,
+                         seed=seed, drain=drain)
+
+
+def rtl_dot_words(unit, words, *, expected_results, idle=0.0, backpressure=0.0, seed=0, drain=8):
+    """``rtl_dot`` on raw payload words, for streams no Reduction describes (e.g. a misplaced marker)."""
+    results, overflows, accepted, delivered = [], [], [], []
+
+    def take(payload, cycle):
+        results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
+        overflows.append(int(payload.overflow))
+        delivered.append(cycle)
+
+    cycle_limit = 20 * (len(words) + expected_results) + 10 * unit.latency + 100
+    _run(unit, _source(unit, words, idle=idle, rng=random.Random(seed), accepted=accepted),
+         _sink(unit, expected_results, backpressure=backpressure, rng=random.Random(seed + 1),
+               cycle_limit=cycle_limit, take=take, drain=drain))
     return results, overflows, accepted, delivered
+
+
+def _bf16_bits(x):
+    import torch
+
+    return (x.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF).tolist()
+
+
+def _config_values(unit, config, rows):
+    """The activation unit's configuration port values that load ``config`` (first ``rows`` table rows)."""
+    layout = unit.config.shape()
+    writes = config_writes(config, unit.block_size)
+    table_writes, register_writes = writes[:-2][:rows], writes[-2:]
+    return [layout.const(write) for write in table_writes + register_writes]
 
 
 def rtl_actq(unit, x, config, *, idle=0.0, backpressure=0.0, seed=0):
@@ -105,68 +144,28 @@ def rtl_actq(unit, x, config, *, idle=0.0, backpressure=0.0, seed=0):
 
     B = unit.block_size
     rows, channels = x.shape
-    bits = x.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
-    table = config.sensitivities.reshape(-1, B).tolist()[: unit.max_channels // B]
-    producer_rng, consumer_rng = random.Random(seed), random.Random(seed + 1)
-    outputs = []
-    expected = rows * (channels // B)
-    in_layout = unit.i.payload.shape()
+    n = channels // B
+    bits = _bf16_bits(x)
+    layout = unit.i.payload.shape()
+    words = [layout.const({"values": bits[t][b * B:(b + 1) * B], "first": int(b == 0), "last": int(b == n - 1)})
+             .as_value().value for t in range(rows) for b in range(n)]
+    config_values = _config_values(unit, config, unit.max_channels // B)
+    outputs, counters = [], []
 
-    async def producer(ctx):
-        for row, codes in enumerate(table):
-            ctx.set(unit.config.table_write, 1)
-            ctx.set(unit.config.table_row, row)
-            ctx.set(unit.config.table_data, codes)
+    def take(payload, cycle):
+        outputs.append(([int(c) for c in payload.block.codes], int(payload.block.scale), int(payload.block.fp8),
+                        int(payload.first), int(payload.last)))
+
+    async def read_counters(ctx):
+        while len(outputs) < len(words):
             await ctx.tick()
-        ctx.set(unit.config.table_write, 0)
-        ctx.set(unit.config.set_registers, 1)
-        ctx.set(unit.config.clear_counters, 1)
-        ctx.set(unit.config.scale_exponent, config.scale_exponent)
-        ctx.set(unit.config.threshold, config.threshold_bits)
-        await ctx.tick()
-        ctx.set(unit.config.set_registers, 0)
-        ctx.set(unit.config.clear_counters, 0)
-        for t in range(rows):
-            for b in range(channels // B):
-                while producer_rng.random() < idle:
-                    ctx.set(unit.i.valid, 0)
-                    await ctx.tick()
-                ctx.set(unit.i.valid, 1)
-                ctx.set(unit.i.payload, in_layout.const({
-                    "values": bits[t, b * B:(b + 1) * B].tolist(), "first": int(b == 0),
-                    "last": int(b == channels // B - 1)}))
-                await ctx.tick().until(unit.i.ready)
-        ctx.set(unit.i.valid, 0)
-
-    async def consumer(ctx):
-        cycles, held, after_last = 0, None, 0
-        while after_last < 8:
-            done = len(outputs) == expected
-            ready = 1 if done else int(consumer_rng.random() >= backpressure)
-            ctx.set(unit.o.ready, ready)
-            _, _, valid, payload, raw = await ctx.tick().sample(unit.o.valid, unit.o.payload,
-                                                                unit.o.payload.as_value())
-            cycles += 1
-            assert cycles < 50 * expected + 10 * len(table) + 100, "results stopped coming"
-            if held is not None:
-                assert valid and raw == held, "o dropped valid or changed its payload while stalled"
-            held = raw if valid and not ready else None
-            if done:
-                assert not valid, "the unit produced more blocks than it was given"
-                after_last += 1
-            elif ready and valid:
-                outputs.append((
-                    [int(c) for c in payload.block.codes], int(payload.block.scale), int(payload.block.fp8),
-                    int(payload.first), int(payload.last)))
+        await ctx.tick().repeat(4)
         counters.extend([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks), ctx.get(unit.table_overflow)])
 
-    counters = []
-    sim = Simulator(unit)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
-    n = channels // B
+    _run(unit, _source(unit, words, idle=idle, rng=random.Random(seed), accepted=[], config=config_values),
+         _sink(unit, len(words), backpressure=backpressure, rng=random.Random(seed + 1),
+               cycle_limit=50 * len(words) + 10 * len(config_values) + 100, take=take),
+         read_counters)
     codes = torch.tensor([o[0] for o in outputs], dtype=torch.uint8).reshape(rows, n, B)
     scales = torch.tensor([o[1] for o in outputs], dtype=torch.uint8).reshape(rows, n)
     precision = torch.tensor([o[2] for o in outputs], dtype=torch.bool).reshape(rows, n)
@@ -182,59 +181,30 @@ def rtl_engine(unit, weights, x, config, *, idle=0.0, backpressure=0.0, seed=0):
     B = unit.block_size
     rows, channels = x.shape
     n = channels // B
-    bits = x.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
-    table = config.sensitivities.reshape(-1, B).tolist()
+    bits = _bf16_bits(x)
     layout = unit.i.payload.shape()
     words = []
     for t in range(rows):
         for b in range(n):
             words.append(layout.const({
-                "values": bits[t, b * B:(b + 1) * B].tolist(),
+                "values": bits[t][b * B:(b + 1) * B],
                 "weights": [{"codes": weights.codes[lane, b].tolist(), "scale": int(weights.scales[lane, b]),
                              "fp8": int(weights.precision[lane, b])} for lane in range(unit.lanes)],
-                "first": int(b == 0), "last": int(b == n - 1)}))
-    producer_rng, consumer_rng = random.Random(seed), random.Random(seed + 1)
+                "first": int(b == 0), "last": int(b == n - 1)}).as_value().value)
+    config_values = _config_values(unit, config, unit.max_channels // B)
     results, counters = [], []
 
-    async def producer(ctx):
-        for row, codes in enumerate(table):
-            ctx.set(unit.config.table_write, 1)
-            ctx.set(unit.config.table_row, row)
-            ctx.set(unit.config.table_data, codes)
-            await ctx.tick()
-        ctx.set(unit.config.table_write, 0)
-        ctx.set(unit.config.set_registers, 1)
-        ctx.set(unit.config.clear_counters, 1)
-        ctx.set(unit.config.scale_exponent, config.scale_exponent)
-        ctx.set(unit.config.threshold, config.threshold_bits)
-        await ctx.tick()
-        ctx.set(unit.config.set_registers, 0)
-        ctx.set(unit.config.clear_counters, 0)
-        for word in words:
-            while producer_rng.random() < idle:
-                ctx.set(unit.i.valid, 0)
-                await ctx.tick()
-            ctx.set(unit.i.valid, 1)
-            ctx.set(unit.i.payload, word)
-            await ctx.tick().until(unit.i.ready)
-        ctx.set(unit.i.valid, 0)
+    def take(payload, cycle):
+        results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
 
-    async def consumer(ctx):
-        cycles = 0
+    async def read_counters(ctx):
         while len(results) < rows:
-            ready = int(consumer_rng.random() >= backpressure)
-            ctx.set(unit.o.ready, ready)
-            _, _, valid, payload = await ctx.tick().sample(unit.o.valid, unit.o.payload)
-            cycles += 1
-            assert cycles < 50 * len(words) + 10 * len(table) + 100, "results stopped coming"
-            if ready and valid:
-                results.append([int(payload.results[lane]) for lane in range(unit.lanes)])
-        await ctx.tick()
+            await ctx.tick()
+        await ctx.tick().repeat(4)
         counters.extend([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks)])
 
-    sim = Simulator(unit)
-    sim.add_clock(1e-8)
-    sim.add_testbench(producer)
-    sim.add_testbench(consumer)
-    sim.run()
+    _run(unit, _source(unit, words, idle=idle, rng=random.Random(seed), accepted=[], config=config_values),
+         _sink(unit, rows, backpressure=backpressure, rng=random.Random(seed + 1),
+               cycle_limit=50 * len(words) + 10 * len(config_values) + 100, take=take),
+         read_counters)
     return torch.tensor(results, dtype=torch.int64), counters

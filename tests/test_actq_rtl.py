@@ -10,35 +10,10 @@ import torch
 
 from fgmp import golden
 from fgmp.hw import ActivationQuantizer
+from fgmp.sim.actq_stimuli import median_threshold, random_bf16
 from rtl_ops import rtl_actq
 
 B = 16
-
-
-def _random_bf16(rng, shape, *, nonfinite=0.0):
-    """BF16 from random bit patterns (every exponent, subnormals, +-0) mixed with typical activations."""
-    n = math.prod(shape)
-    values = []
-    for _ in range(n):
-        r = rng.random()
-        if r < nonfinite:
-            values.append(rng.choice([0x7FC0, 0xFFC1, 0x7F80, 0xFF80]))  # NaN, -NaN, +Inf, -Inf
-        elif r < 0.4:
-            bits = rng.getrandbits(16)
-            values.append(bits & ~(1 << 14) if (bits >> 7) & 0xFF == 0xFF else bits)
-        elif r < 0.45:
-            values.append(rng.choice([0x0000, 0x8000, 0x0001, 0x8001, 0x007F]))  # +-0, subnormals
-        else:
-            v = rng.gauss(0, 1) * math.exp(rng.gauss(0, 2))
-            values.append(int(torch.tensor(v, dtype=torch.bfloat16).view(torch.int16)) & 0xFFFF)
-    return torch.tensor(values, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).reshape(shape)
-
-
-def _median_threshold(x, f, k):
-    scores = golden.quantize_activations(x, golden.ActivationConfig(scale_exponent=k, threshold=0.0,
-                                                                    sensitivities=f)).scores
-    positive = scores[scores > 0]
-    return float(positive.median().float()) if positive.numel() else 0.0
 
 
 def _check(unit, x, config, **stalls):
@@ -58,17 +33,17 @@ def _check(unit, x, config, **stalls):
 def test_random_bf16_blocks_many_k_under_stalls(pipeline_stages):
     rng = random.Random(pipeline_stages)
     unit = ActivationQuantizer(max_channels=128, pipeline_stages=pipeline_stages)
-    x = _random_bf16(rng, (6, 64), nonfinite=0.01)
+    x = random_bf16(rng, (6, 64), nonfinite=0.01)
     f = torch.tensor([rng.randrange(0x7F) for _ in range(64)], dtype=torch.uint8)
     for k in (rng.randint(-128, 127), rng.randint(-10, 10)):
-        config = golden.ActivationConfig(scale_exponent=k, threshold=_median_threshold(x, f, k), sensitivities=f)
+        config = golden.ActivationConfig(scale_exponent=k, threshold=median_threshold(x, f, k), sensitivities=f)
         _check(unit, x, config, idle=0.3, backpressure=0.3, seed=k & 0xFF)
 
 
 def test_extreme_scale_exponents_saturate_and_underflow():
     rng = random.Random(5)
     unit = ActivationQuantizer(max_channels=32, pipeline_stages=1)
-    x = _random_bf16(rng, (4, 32))
+    x = random_bf16(rng, (4, 32))
     f = torch.full((32,), 0x38, dtype=torch.uint8)
     for k in (-128, -64, 64, 127):
         _check(unit, x, golden.ActivationConfig(scale_exponent=k, threshold=1.0, sensitivities=f))
@@ -78,7 +53,7 @@ def test_threshold_straddling_decides_like_golden():
     """T just below, equal to (where FP32 can hold the score) and just above each block's score."""
     rng = random.Random(2)
     unit = ActivationQuantizer(max_channels=64, pipeline_stages=0)
-    x = _random_bf16(rng, (2, 64))
+    x = random_bf16(rng, (2, 64))
     f = torch.tensor([rng.randrange(0x20, 0x60) for _ in range(64)], dtype=torch.uint8)
     scores = golden.quantize_activations(x, golden.ActivationConfig(scale_exponent=0, threshold=0.0,
                                                                     sensitivities=f)).scores
@@ -106,10 +81,10 @@ def test_reduction_longer_than_the_table_reuses_the_last_row_and_sets_the_sticky
     rng = random.Random(9)
     unit = ActivationQuantizer(max_channels=32, pipeline_stages=0)
     assert unit.max_channels == 32 and unit.latency == 1
-    x = _random_bf16(rng, (2, 48))
+    x = random_bf16(rng, (2, 48))
     f = torch.tensor([rng.randrange(0x7F) for _ in range(32)], dtype=torch.uint8)
     as_seen = torch.cat([f, f[16:]])  # the third block reads the last row again
-    _check(unit, x, golden.ActivationConfig(scale_exponent=0, threshold=_median_threshold(x, as_seen, 0),
+    _check(unit, x, golden.ActivationConfig(scale_exponent=0, threshold=median_threshold(x, as_seen, 0),
                                             sensitivities=as_seen))
 
 

@@ -10,20 +10,21 @@ import torch
 
 import exact_oracle as O
 from fgmp import golden
+from fgmp.sim.actq_stimuli import random_bf16
 
 B = 16
 
 
-def _oracle_candidate(xp, finite, element_max, fmt):
+def _oracle_candidate(xp, negative, finite, element_max, fmt):
     amax = max((abs(v) for v, ok in zip(xp, finite) if ok), default=Fraction(0))
     scale, _ = O.encode_value(amax / element_max, False, O.UE4M3)
     codes, values = [], []
-    for v, ok in zip(xp, finite):
+    for v, sign_bit, ok in zip(xp, negative, finite):
         if scale == 0 or not ok:
             codes.append(0)
             values.append(Fraction(0))
             continue
-        magnitude, sign = O.encode_value(v / scale, v < 0 or (v == 0 and math.copysign(1, v) < 0), fmt)
+        magnitude, sign = O.encode_value(v / scale, sign_bit, fmt)  # the input's sign: -0 stays -0
         codes.append(O.value_to_code(magnitude, sign, fmt))
         values.append(scale * (-magnitude if sign else magnitude))
     return O.value_to_code(scale, 0, O.UE4M3), codes, values
@@ -34,8 +35,8 @@ def oracle_block(xs, f_codes, k, threshold):
     finite = [math.isfinite(x) for x in xs]
     xp = [Fraction(x) * Fraction(2) ** -k if ok else Fraction(0) for x, ok in zip(xs, finite)]
     signs = [math.copysign(1, x) < 0 for x in xs]
-    s4, q4, v4 = _oracle_candidate(xp, finite, 6, O.E2M1)
-    s8, q8, v8 = _oracle_candidate(xp, finite, 448, O.E4M3)
+    s4, q4, v4 = _oracle_candidate(xp, signs, finite, 6, O.E2M1)
+    s8, q8, v8 = _oracle_candidate(xp, signs, finite, 448, O.E4M3)
     if not all(finite):
         if any(math.isinf(x) for x in xs):
             s8 = 0x7E
@@ -71,22 +72,6 @@ def oracle_block(xs, f_codes, k, threshold):
     return fp8, (s8 if fp8 else s4), (q8 if fp8 else q4), score
 
 
-def _random_bf16(rng, n):
-    """Finite BF16 values from random bit patterns (every exponent, subnormals, +-0) and typical data."""
-    values = []
-    for _ in range(n):
-        kind = rng.random()
-        if kind < 0.5:
-            bits = rng.getrandbits(16)
-            if (bits >> 7) & 0xFF == 0xFF:
-                bits &= ~(1 << 14)
-            values.append(bits)
-        else:
-            values.append(int(torch.tensor(rng.gauss(0, 1) * math.exp(rng.gauss(0, 3)), dtype=torch.bfloat16)
-                              .view(torch.int16)) & 0xFFFF)
-    return torch.tensor(values, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
-
-
 def _config(k, threshold, f):
     return golden.ActivationConfig(scale_exponent=k, threshold=threshold, sensitivities=f)
 
@@ -113,7 +98,7 @@ def _check(x, config):
 @pytest.mark.parametrize("seed", range(4))
 def test_matches_the_spec_on_random_bf16_blocks_and_scale_exponents(seed):
     rng = random.Random(seed)
-    x = _random_bf16(rng, 24 * 64).reshape(24, 64)
+    x = random_bf16(rng, (24, 64))
     f = torch.tensor([rng.randrange(0x7F) for _ in range(64)], dtype=torch.uint8)
     for k in (rng.randint(-128, 127), rng.randint(-20, 20), 0):
         scores = golden.quantize_activations(x, _config(k, 0.0, f)).scores
@@ -125,7 +110,7 @@ def test_matches_the_spec_on_random_bf16_blocks_and_scale_exponents(seed):
 
 def test_every_scale_exponent():
     rng = random.Random(11)
-    x = _random_bf16(rng, 4 * 32).reshape(4, 32)
+    x = random_bf16(rng, (4, 32))
     f = torch.full((32,), 0x38, dtype=torch.uint8)
     total = 0
     for k in range(-128, 128):
