@@ -104,11 +104,13 @@ def _check_global_scale(scale):
     return as_fp32
 
 
-def quantize_blocks(x, precision, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):
+def quantize_blocks(x, precision, *, block_size=DEFAULT_BLOCK_SIZE, scale=None, block_scales=None):
     """Quantize ``x`` block by block, FP8 where ``precision`` is True and NVFP4 elsewhere (numerics §4).
 
     ``precision`` is a bool tensor broadcastable to (..., n_blocks); ``scale`` overrides G (a positive FP32
-    value, e.g. a calibrated power of two) instead of fl32(amax / 2688).
+    value, e.g. a calibrated power of two) instead of fl32(amax / 2688); ``block_scales`` (uint8 UE4M3
+    codes, one per block) overrides the amax-derived block scales, e.g. clipped ones (elements then
+    saturate at the format's largest value, numerics §2).
     """
     _check_input(x, block_size)
     x = x.detach().to(torch.float32)
@@ -125,9 +127,12 @@ def quantize_blocks(x, precision, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):
     g = global_scale(x) if scale is None else _check_global_scale(scale)
     g64 = g.to(torch.float64)
 
-    amax = blocks.abs().amax(dim=-1)
-    element_max = torch.where(precision, E4M3.max_value, E2M1.max_value).to(torch.float64)
-    scales = encode_ratio(amax, element_max * g64, UE4M3)
+    if block_scales is None:
+        amax = blocks.abs().amax(dim=-1)
+        element_max = torch.where(precision, E4M3.max_value, E2M1.max_value).to(torch.float64)
+        scales = encode_ratio(amax, element_max * g64, UE4M3)
+    else:
+        scales = _check_block_scales(block_scales, blocks.shape[:-1])
     scale_values = _code_values_f64(scales, UE4M3)
 
     zero_scale = scale_values == 0
@@ -138,6 +143,16 @@ def quantize_blocks(x, precision, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):
     codes = torch.where(precision.unsqueeze(-1), fp8_codes, fp4_codes)
     codes = torch.where(zero_scale.unsqueeze(-1), 0, codes).to(torch.uint8)
     return BlockTensor(codes=codes, scales=scales, precision=precision.clone(), global_scale=g)
+
+
+def _check_block_scales(codes, shape):
+    if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+        raise TypeError("Block scales must be a uint8 tensor of UE4M3 codes")
+    if tuple(codes.shape) != tuple(shape):
+        raise ValueError(f"Block scales of shape {tuple(codes.shape)} do not match the {tuple(shape)} blocks")
+    if codes.numel() and int(codes.max()) > UE4M3.max_magnitude_code:
+        raise ValueError("Block scales must be finite UE4M3 codes (0x00..0x7E)")
+    return codes
 
 
 def quantize_nvfp4(x, *, block_size=DEFAULT_BLOCK_SIZE, scale=None):

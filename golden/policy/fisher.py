@@ -1,0 +1,109 @@
+"""Empirical diagonal Fisher information of Linear weights and inputs (docs/policy.md §2)."""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = ["LayerFisher", "estimate_fisher"]
+
+
+@dataclass(frozen=True)
+class LayerFisher:
+    """``weight``: (out, in) mean over samples of the squared loss gradient of each weight element;
+    ``activation``: (in,) mean over samples and tokens of the squared gradient w.r.t. the layer input,
+    per input channel; ``input_amax``: the largest |input| seen (for the activation scale exponent)."""
+
+    weight: torch.Tensor
+    activation: torch.Tensor
+    input_amax: float
+    samples: int
+    tokens: int
+
+
+class _Collector:
+    """Hooks on one Linear that add its squared input gradients per channel and track its input range."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.activation = torch.zeros(layer.in_features, dtype=torch.float64)
+        self.weight = torch.zeros_like(layer.weight, dtype=torch.float32)
+        self.tokens = 0
+        self.amax = 0.0
+        self.handle = layer.register_forward_pre_hook(self._pre_forward)
+
+    def _pre_forward(self, module, args):
+        x = args[0]
+        self.amax = max(self.amax, float(x.detach().abs().max()))
+        # A node of this layer's own, so the hook sees dL/dx through this layer only, not through the
+        # input's other consumers (a residual branch, sibling q/k/v projections). Without a gradient
+        # upstream nothing needs one, so a fresh leaf loses nothing.
+        x = x.view_as(x) if x.requires_grad else x.detach().requires_grad_(True)
+        x.register_hook(self._on_input_grad)
+        return (x, *args[1:])
+
+    def _on_input_grad(self, grad):
+        grad = grad.detach().reshape(-1, grad.shape[-1])
+        self.activation += grad.double().pow(2).sum(dim=0).cpu()
+        self.tokens += grad.shape[0]
+
+    def add_weight_grad(self):
+        if self.layer.weight.grad is not None:
+            self.weight += self.layer.weight.grad.detach().float().pow(2).to(self.weight.device)
+
+    def finish(self, samples):
+        self.handle.remove()
+        return LayerFisher(weight=(self.weight / samples).cpu(),
+                           activation=(self.activation / max(self.tokens, 1)).float(),
+                           input_amax=self.amax, samples=samples, tokens=self.tokens)
+
+
+@contextmanager
+def _only_weights_require_grad(model, layers):
+    saved = {p: p.requires_grad for p in model.parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for layer in layers.values():
+            layer.weight.requires_grad_(True)
+        yield
+    finally:
+        for p, flag in saved.items():
+            p.requires_grad_(flag)
+            p.grad = None
+
+
+def estimate_fisher(model, samples, loss_fn, layers, *, progress=True):
+    """Diagonal empirical Fisher of every layer in ``layers`` ({name: nn.Linear}).
+
+    ``samples`` is an iterable of calibration samples and ``loss_fn(model, sample)`` returns the scalar
+    loss of one sample: the Fisher is the mean over samples of the squared gradient of that loss, so
+    each sample gets its own backward pass (squaring a batch-mean gradient would not be the Fisher).
+    """
+    if not layers:
+        raise ValueError("No layers to estimate the Fisher information of")
+    was_training = model.training
+    model.eval()  # no dropout: the Fisher of the model as it will be deployed
+    collectors = {name: _Collector(layer) for name, layer in layers.items()}
+    count = 0
+    try:
+        with _only_weights_require_grad(model, layers):
+            for sample in tqdm(samples, desc="Fisher", unit="sample", disable=not progress):
+                for layer in layers.values():
+                    layer.weight.grad = None
+                loss = loss_fn(model, sample)
+                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                    raise ValueError("loss_fn must return a scalar tensor (the loss of one sample)")
+                if not bool(torch.isfinite(loss)):
+                    raise ValueError(f"loss_fn returned a non-finite loss ({float(loss.detach())}) on sample {count}")
+                loss.backward()
+                for collector in collectors.values():
+                    collector.add_weight_grad()
+                count += 1
+    finally:
+        results = {name: c.finish(max(count, 1)) for name, c in collectors.items()}
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("No calibration samples: the Fisher needs at least one")
+    return results
