@@ -7,7 +7,7 @@ import torch
 
 from fgmp.golden import ActivationConfig, quantize_activations
 
-__all__ = ["random_bf16", "median_threshold", "random_configs", "config_writes"]
+__all__ = ["random_bf16", "median_threshold", "straddling_thresholds", "random_configs", "config_writes"]
 
 
 def random_bf16(rng, shape, *, nonfinite=0.0):
@@ -38,16 +38,49 @@ def median_threshold(x, sensitivities, k, *, block_size=16, quantile=0.5):
     return float(positive.quantile(quantile).float()) if positive.numel() else 0.0
 
 
+def _fp32_neighbours(value):
+    """The FP32 values just below and just above ``value`` (a positive float64)."""
+    t = torch.tensor(value, dtype=torch.float32)
+    below = t if float(t) < value else torch.nextafter(t, torch.tensor(0.0))
+    above = t if float(t) > value else torch.nextafter(t, torch.tensor(math.inf))
+    return float(below), float(above)
+
+
+def straddling_thresholds(x, sensitivities, k, *, block_size=16):
+    """Three thresholds around one block's score: just below it (the block goes FP8), equal to it (it
+    stays NVFP4: the rule is score > T) and just above it. The block is one whose score is exactly an
+    FP32 value when there is one, so the equal case really is equal (None when no score is positive)."""
+    probe = ActivationConfig(scale_exponent=k, threshold=0.0, sensitivities=sensitivities)
+    scores = quantize_activations(x, probe, block_size=block_size).scores.reshape(-1)
+    positive = scores[scores > 0]
+    if not positive.numel():
+        return None
+    exact = positive[positive.float().double() == positive]
+    score = float((exact if exact.numel() else positive)[0])
+    below, above = _fp32_neighbours(score)
+    equal = float(torch.tensor(score, dtype=torch.float32))
+    return [below, equal, above] if equal == score else [below, above, above]
+
+
 def random_configs(rng, x, *, count, block_size=16):
     """``count`` configurations: k over the whole range (extremes included), random sensitivities, and T
-    at random quantiles of the scores, straddling the blocks' scores."""
+    at random quantiles of the scores; with six or more, the last three share one k and a sparse f and put
+    T just below, at and just above one block's score, so the compare is exercised at its edge."""
     channels = x.shape[-1]
     ks = [-128, 127, 0] + [rng.randint(-128, 127) for _ in range(max(0, count - 3))]
     configs = []
-    for k in ks[:count]:
+    for k in ks[:count - 3 if count >= 6 else count]:
         f = torch.tensor([rng.randrange(0x7F) for _ in range(channels)], dtype=torch.uint8)
         t = median_threshold(x, f, k, block_size=block_size, quantile=rng.choice((0.2, 0.5, 0.8)))
         configs.append(ActivationConfig(scale_exponent=k, threshold=t, sensitivities=f))
+    if count >= 6:
+        # One power-of-two sensitivity per block: a score is then one 24-bit square times a power of two,
+        # exactly an FP32 value, so "T equal to a score" really happens.
+        k, f = ks[count - 3], torch.zeros(channels, dtype=torch.uint8)
+        for start in range(0, channels, block_size):
+            f[start + rng.randrange(block_size)] = rng.randrange(1, 0xF) << 3
+        straddle = straddling_thresholds(x, f, k, block_size=block_size) or [0.0] * 3
+        configs += [ActivationConfig(scale_exponent=k, threshold=t, sensitivities=f) for t in straddle]
     return configs
 
 

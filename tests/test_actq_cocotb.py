@@ -1,12 +1,37 @@
 """cocotb benches of the generated activation quantization unit and engine on Icarus and Verilator (no
 skips): random BF16 blocks across the exponent range with NaN/Inf, several configurations (k at both
-extremes, thresholds at score quantiles) written through the configuration port, idle cycles and
-back-pressure; the engine on a random layer, FP32 results bit for bit."""
+extremes, thresholds at score quantiles, and T just below / equal to / just above a block's score)
+written through the configuration port, idle cycles and back-pressure; the engine on a random layer,
+FP32 results bit for bit."""
 
 import pytest
 
+import random
+
+import torch
+
+from fgmp.golden import quantize_activations
 from fgmp.sim.actq import run_engine_bench, run_quantizer_bench
+from fgmp.sim.actq_stimuli import random_bf16, random_configs
 from fgmp.sim.runner import SIMULATORS
+
+
+def test_bench_configurations_straddle_the_threshold():
+    """The bench's last three configurations put one block's score just above, exactly at and just below
+    T (the rule is score > T), so the RTL compare is checked at its edge, not only far from it."""
+    rng = random.Random(1)
+    x = random_bf16(rng, (8, 64), nonfinite=0.02)
+    configs = random_configs(rng, x, count=6)
+    margins = []
+    for config in configs[3:]:
+        scores = quantize_activations(x, config).scores.reshape(-1)
+        margin = sorted((scores - config.threshold).tolist(), key=abs)[0]
+        assert abs(margin) <= config.threshold * 2.0**-23  # within one FP32 step of T
+        margins.append(margin)
+    below, equal, above = margins
+    assert below > 0 and above < 0
+    assert equal == 0
+    assert configs[3].sensitivities is configs[5].sensitivities
 
 
 @pytest.mark.cocotb
