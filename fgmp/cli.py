@@ -216,6 +216,9 @@ def build_parser():
         unit.add_argument("--no-lint", dest="lint", action="store_false")
         unit.set_defaults(func=_generate_actq)
 
+    from fgmp import quantize
+    quantize.add_commands(commands)
+
     demo = commands.add_parser("demo", help="generate, lint and simulate the units; print a report")
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--simulators", nargs="+", choices=SIMULATORS, default=list(SIMULATORS))

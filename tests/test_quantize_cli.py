@@ -1,0 +1,71 @@
+"""``fgmp quantize`` end to end on the embedded model and on a local Hugging Face directory (tiny sizes),
+and the errors a user hits."""
+
+import json
+
+import pytest
+import torch
+
+from fgmp import golden
+from fgmp.cli import main
+from fgmp.golden.policy import load_layer
+from test_models import _save_tiny_llama
+
+FAST = ["--calib-samples", "2", "--eval-samples", "2", "--seq-len", "32", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_quantize_default_model_reports_and_exports(tmp_path, capsys):
+    out = tmp_path / "q"
+    assert main(["quantize", *FAST, "--out", str(out), "--export", "blocks.0.mlp.up_proj"]) == 0
+    printed = capsys.readouterr().out
+    assert "fgmp at 30% FP8: perplexity" in printed and "vs all-FP8" in printed
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["policy"] for r in rows] == ["unquantized", "fp8", "fgmp"]
+    fgmp = rows[2]
+    assert abs(fgmp["weight_fp8"] - 0.3) < 1e-3 and fgmp["clipping"] is True
+    assert 0 < fgmp["activation_fp8"] < 1 and all(r["perplexity"] > 1 for r in rows)
+    assert fgmp["bits_per_weight"] == pytest.approx(0.3 * 137 / 16 + 0.7 * 73 / 16, abs=0.01)
+    layer = load_layer(out / "export" / "blocks.0.mlp.up_proj")
+    assert layer.weights.shape == (768, 192) and layer.activation.sensitivities.numel() == 192
+    assert layer.weights.fp8_fraction > 0 and bool(torch.isfinite(golden.dequantize(layer.weights)).all())
+    assert (out / "results.md").read_text().startswith("| policy |")
+
+
+def test_quantize_local_hugging_face_directory(tmp_path, capsys):
+    model = tmp_path / "tiny-llama"
+    _save_tiny_llama(model)
+    text = tmp_path / "text.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 200)
+    out = tmp_path / "q"
+    assert main(["quantize", "--model", str(model), "--calib", str(text), "--eval", str(text), *FAST,
+                 "--layers", "*mlp*", "--policy", "magnitude", "--no-clipping", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert rows[-1]["policy"] == "magnitude" and rows[-1]["clipping"] is False
+    meta = json.loads((out / "results.json").read_text())["meta"]
+    assert meta["layers"] and all("mlp" in name for name in meta["layers"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "/nonexistent/model"], "does not exist"),
+    (["--calib", "/nonexistent/calib.txt"], "calib.txt"),
+    (["--layers", "no_such_layer*"], "matches no nn.Linear layer"),
+    (["--export", "blocks.9.nothing"], "Cannot export 'blocks.9.nothing': not a quantized layer"),
+    (["--seq-len", "1000"], "Sequence length 1000 must be between 1 and the model's context 256"),
+    (["--threads", "0"], "--threads must be at least 1, not 0"),
+])
+def test_quantize_errors(tmp_path, capsys, args, message):
+    assert main(["quantize", *FAST, *args, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_quantize_rejects_a_bad_fraction(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quantize", "--fp8-fraction", "1.5"])
+    assert exit_info.value.code == 2 and "an FP8 fraction lies in [0, 1], not 1.5" in capsys.readouterr().err
