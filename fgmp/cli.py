@@ -150,7 +150,23 @@ def _demo(args):
     bad += _demo_engine(args, out)
     print()
     _demo_quantizer()
+    print()
+    _demo_policy()
     return 0 if bad == 0 else 1
+
+
+def _demo_policy():
+    from fgmp.golden.policy import build_plan
+    from fgmp.quantize import HEADER, row_line, evaluate, prepare
+
+    print("FGMP policy on the embedded tiny LM (Fisher calibration, one global threshold, clipping; "
+          "activations through the activation unit's golden model)\n")
+    setup = prepare(calib_samples=8, eval_samples=16, progress=False)
+    print(HEADER)
+    for policy, clipping in (("fp8", False), ("fgmp", True), ("nvfp4", False)):
+        plan = build_plan(setup.calibration, policy=policy, fp8_fraction=0.3, clipping=clipping)
+        print(row_line(evaluate(setup, plan, progress=False)))
+    print("\nfull sweep over policies and budgets: fgmp quantize --sweep (docs/results.md)")
 
 
 def _demo_quantizer():
@@ -223,6 +239,7 @@ def build_parser():
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--simulators", nargs="+", choices=SIMULATORS, default=list(SIMULATORS))
     demo.set_defaults(func=_demo)
+    from fgmp.flow.cli import add_commands; add_commands(commands)  # area, timing, constraints, bitstream
     return parser
 
 

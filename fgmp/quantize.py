@@ -94,11 +94,11 @@ def sweep(setup, *, policies=SWEEP_POLICIES, fractions=DEFAULT_FRACTIONS, progre
             if policy == "fgmp":
                 configurations.append((policy, fraction, True))
     rows = [evaluate(setup, progress=progress)]
-    log(_row_line(rows[0]))
+    log(row_line(rows[0]))
     for policy, fraction, clipping in configurations:
         plan = build_plan(setup.calibration, policy=policy, fp8_fraction=fraction, clipping=clipping)
         rows.append(evaluate(setup, plan, progress=progress))
-        log(_row_line(rows[-1]))
+        log(row_line(rows[-1]))
     return rows
 
 
@@ -106,7 +106,7 @@ def _percent(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _row_line(row):
+def row_line(row):
     clip = "+clip" if row["clipping"] else ""
     return (f"{row['policy'] + clip:<18}{_percent(row['requested_fp8']):>10}{_percent(row['weight_fp8']):>10}"
             f"{_percent(row['activation_fp8']):>10}{row['bits_per_weight']:>9.3f}{row['perplexity']:>12.4f}")
@@ -187,14 +187,15 @@ def _run(args):
         rows = sweep(setup, fractions=args.fractions, progress=not args.quiet)
     else:
         rows = [evaluate(setup, progress=not args.quiet)]
-        print(_row_line(rows[0]))
+        print(row_line(rows[0]))
         for policy in ("fp8", args.policy):
             plan = build_plan(setup.calibration, policy=policy, fp8_fraction=args.fp8_fraction,
                               clipping=args.clipping and policy != "fp8")
             rows.append(evaluate(setup, plan, progress=not args.quiet))
-            print(_row_line(rows[-1]))
+            print(row_line(rows[-1]))
     meta = {"model": setup.lm.name, "source": setup.source, "layers": list(setup.layers),
-            "seq_len": args.seq_len, "calibration_seconds": setup.seconds["calibration"], "seed": args.seed}
+            "seq_len": args.seq_len, "calibration_windows": int(setup.calib_sequences.shape[0]),
+            "evaluation_windows": int(setup.eval_sequences.shape[0]), "calibration_seconds": setup.seconds["calibration"], "seed": args.seed}
     paths = write_reports(rows, args.out, meta=meta)
     if args.export:
         plan = build_plan(setup.calibration, policy="fgmp", fp8_fraction=args.fp8_fraction, clipping=args.clipping)

@@ -69,3 +69,37 @@ def test_quantize_rejects_a_bad_fraction(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["quantize", "--fp8-fraction", "1.5"])
     assert exit_info.value.code == 2 and "an FP8 fraction lies in [0, 1], not 1.5" in capsys.readouterr().err
+
+
+def test_unit_decisions_match_exact_scores_on_real_activations():
+    """The activation unit's truncated score (numerics §9) against the exact real-number score, on the
+    embedded model's layer inputs under an FGMP plan (bench/actq_agreement.py measures more)."""
+    from fgmp.golden.policy import build_plan, quantized
+    from fgmp.quantize import prepare
+
+    torch.set_num_threads(1)
+    setup = prepare(calib_samples=4, eval_samples=2, seq_len=64, progress=False)
+    plan = build_plan(setup.calibration, policy="fgmp", fp8_fraction=0.3)
+    inputs = {}
+
+    def capture(name):
+        def hook(module, args):  # returns None: observes the input, leaves it to the quantizer hook
+            inputs[name] = args[0].detach().to(torch.bfloat16)
+        return hook
+
+    hooks = [layer.register_forward_pre_hook(capture(name)) for name, layer in setup.layers.items()]
+    with torch.no_grad(), quantized(setup.lm.model, plan):
+        setup.lm.logits(setup.eval_sequences[:, :-1])
+    for hook in hooks:
+        hook.remove()
+    blocks = agree = fp8 = 0
+    for name, x in inputs.items():
+        config = plan.activations[name].config
+        unit = golden.quantize_activations(x, config).blocks.precision
+        exact = golden.exact_decisions(x, config)
+        blocks += unit.numel()
+        agree += int((unit == exact).sum())
+        fp8 += int(unit.sum())
+    assert blocks == 2 * 64 * sum(layer.in_features // 16 for layer in setup.layers.values())
+    assert 0.05 < fp8 / blocks < 0.95  # the threshold is live, not trivially all-or-nothing
+    assert agree / blocks >= 0.999
