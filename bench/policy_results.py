@@ -75,9 +75,14 @@ def document(data):
         f"- All-NVFP4 costs {_loss(nvfp4, fp8):+.2f} % perplexity vs all-FP8 on this model "
         f"({_loss(_row(rows, 'nvfp4', clipping=True), fp8):+.2f} % with clipping). The byte-level tiny model "
         "has a small all-NVFP4 penalty, so every mixed policy sits inside that gap and the differences "
-        "between policies are correspondingly small. If the all-NVFP4 gap is itself under 1 %, the paper's "
-        "< 1 % bar is met by construction here and says little about the policy; use `--model PATH` on a "
-        "real LLM to test the claim where it is hard.",
+        "between policies are correspondingly small. " + (
+            "That gap is itself under 1 %, so the paper's < 1 % bar is met by construction on this model "
+            "and says little about the policy; " if _loss(nvfp4, fp8) < 1 else
+            "That gap exceeds 1 %, so the < 1 % bar is a real test here; ") +
+        "use `--model PATH` on a real LLM to test the claim where it is hard.",
+        "- Several mixed rows score slightly below all-FP8 (and some below the unquantized model): on 32 "
+        "windows a few tenths of a percent is within what quantization noise can move either way, so "
+        "read the ranking of policies per budget, not the sign against FP8.",
         "- Lowest perplexity per budget: " + "; ".join(
             f"{100 * f:.0f} %: {best[f]['policy']}{' + clipping' if best[f]['clipping'] else ''} "
             f"({best[f]['perplexity']:.4f})" for f in fractions) + ".",
