@@ -145,8 +145,9 @@ def plot(rows, path):
     for r in rows:
         if r["policy"] in ("fp8", "nvfp4", "unquantized") and not r["clipping"]:
             axes.axhline(r["perplexity"], linestyle="--", linewidth=0.8, color="gray")
-            axes.annotate(f"all-{r['policy'].upper()}" if r["policy"] != "unquantized" else "unquantized",
-                          (0, r["perplexity"]), fontsize=7, color="gray")
+            axes.text(0.01, r["perplexity"], f"all-{r['policy'].upper()}" if r["policy"] != "unquantized"
+                      else "unquantized", transform=axes.get_yaxis_transform(), fontsize=7, color="gray",
+                      va="bottom")
     axes.set_xlabel("FP8 blocks (%, weights and activations)")
     axes.set_ylabel("held-out perplexity")
     axes.set_title("Perplexity vs FP8 fraction per policy")
