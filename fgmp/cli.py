@@ -232,8 +232,9 @@ def build_parser():
         unit.add_argument("--no-lint", dest="lint", action="store_false")
         unit.set_defaults(func=_generate_actq)
 
-    from fgmp import quantize
+    from fgmp import e2e, quantize
     quantize.add_commands(commands)
+    e2e.add_commands(commands)
 
     demo = commands.add_parser("demo", help="generate, lint and simulate the units; print a report")
     demo.add_argument("--out", type=Path, default=Path("out/demo"))

@@ -1,0 +1,153 @@
+"""``fgmp e2e``: one layer of a quantized model through the generated engine, bit for bit against the
+golden engine, with the model's perplexity and weight memory beside it."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_commands", "capture_layer_input"]
+
+DEFAULT_LAYER = "blocks.0.mlp.up_proj"  # an MLP projection of the embedded model
+
+
+def capture_layer_input(setup, plan, name, tokens):
+    """The layer's BF16 input for the first ``tokens`` tokens of the evaluation windows, with the model
+    running under ``plan`` (so upstream layers are quantized as deployed)."""
+    from fgmp.golden.policy import quantized
+
+    captured = []
+
+    def hook(module, args):  # observes; the plan's own hook quantizes afterwards
+        captured.append(args[0].detach().to(torch.bfloat16).cpu().reshape(-1, args[0].shape[-1]))
+
+    windows = -(-tokens // (setup.eval_sequences.shape[1] - 1))
+    if windows > setup.eval_sequences.shape[0]:
+        raise ValueError(f"{tokens} tokens need {windows} evaluation windows; raise --eval-samples")
+    handle = setup.layers[name].register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad(), quantized(setup.lm.model, plan):
+            setup.lm.logits(setup.eval_sequences[:windows, :-1])
+    finally:
+        handle.remove()
+    return torch.cat(captured)[:tokens].contiguous()
+
+
+def _plots(plan, name, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.5))
+    precision = plan.weights[name].precision.float()
+    axes.imshow(precision.T.numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+    axes.set_xlabel("output channel")
+    axes.set_ylabel("block along the reduction")
+    axes.set_title(f"{name}: FP8 (yellow) / NVFP4 weight blocks, {precision.mean():.1%} FP8")
+    figure.tight_layout()
+    figure.savefig(out / "precision_map.png", dpi=110)
+    plt.close(figure)
+
+    names = list(plan.weights)
+    figure, axes = plt.subplots(figsize=(8, 3.5))
+    axes.bar(range(len(names)), [float(plan.weights[n].precision.float().mean()) * 100 for n in names])
+    axes.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    axes.set_ylabel("FP8 weight blocks (%)")
+    axes.set_title("FP8 fraction per layer under one global threshold")
+    figure.tight_layout()
+    figure.savefig(out / "fp8_per_layer.png", dpi=110)
+    plt.close(figure)
+    return [out / "precision_map.png", out / "fp8_per_layer.png"]
+
+
+def _run(args):
+    from fgmp.golden.policy import build_plan, export_layer
+    from fgmp.quantize import FP8_BITS, HEADER, evaluate, prepare, row_line
+    from fgmp.sim.layer import run_layer_bench
+    from fgmp.toolchain import require_iverilog, verilator_root
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be at least 1, not {args.tokens}")
+    # A missing simulator should stop the run before minutes of calibration, not after.
+    if args.simulator == "icarus":
+        require_iverilog()
+    else:
+        verilator_root()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    setup = prepare(args.model, calib_samples=args.calib_samples, eval_samples=args.eval_samples,
+                    progress=not args.quiet)
+    if args.layer not in setup.layers:
+        raise ValueError(f"Layer {args.layer!r} is not a quantized Linear layer of {setup.lm.name}; "
+                         f"choose one of {', '.join(list(setup.layers)[:6])}, ...")
+    plan = build_plan(setup.calibration, policy="fgmp", fp8_fraction=args.fp8_fraction, clipping=True)
+    activations = capture_layer_input(setup, plan, args.layer, args.tokens)
+    layer_dir = out / "layer"
+    export_layer(plan.weights[args.layer], plan.activations[args.layer].config, layer_dir, name=args.layer)
+    weights = plan.weights[args.layer]
+    print(f"{setup.lm.name} / {args.layer}: {weights.shape[0]} x {weights.shape[1]} weights "
+          f"({weights.fp8_fraction:.1%} FP8 blocks), {args.tokens} captured tokens -> engine "
+          f"({args.lanes} lanes) on {args.simulator}")
+    unit = {"lanes": args.lanes, "max_channels": max(16, weights.shape[1])}
+    start = time.perf_counter()
+    result = run_layer_bench(unit, args.simulator, out / "sim", layer_dir, activations)
+    seconds = time.perf_counter() - start
+    report = result.report
+    outputs = report["tokens"] * report["out_features"]
+    print(f"  outputs compared: {outputs} FP32 values, mismatches: {report['mismatches']}")
+    print(f"  cycles: {report['cycles']} for {report['block_pairs']} block pairs "
+          f"({report['block_pairs'] / report['cycles']:.3f} per cycle); simulation {seconds:.1f} s "
+          f"({report['block_pairs'] / seconds:.0f} block pairs/s incl. build)")
+    print(f"  activation blocks in FP8: {report['activation_fp8_blocks']} of {report['activation_blocks']} "
+          f"({report['activation_fp8_blocks'] / report['activation_blocks']:.1%})")
+    print("\n" + HEADER)
+    rows = []
+    for policy in ("fp8", "fgmp", "nvfp4"):
+        row_plan = plan if policy == "fgmp" else build_plan(setup.calibration, policy=policy, clipping=False)
+        rows.append(evaluate(setup, row_plan, progress=not args.quiet))
+        print(row_line(rows[-1]))
+    fgmp_row = rows[1]
+    memory = 100 * (fgmp_row["bits_per_weight"] / FP8_BITS - 1)
+    print(f"\nweight memory: {fgmp_row['bits_per_weight']:.3f} bits per weight vs {FP8_BITS:.3f} all-FP8 "
+          f"({memory:+.1f} %); perplexity {100 * (fgmp_row['perplexity'] / rows[0]['perplexity'] - 1):+.2f} % "
+          "vs all-FP8")
+    print("energy proxy: not measured yet (see docs/results.md)")
+    paths = _plots(plan, args.layer, out)
+    summary = {"model": setup.lm.name, "layer": args.layer, "simulator": args.simulator, "lanes": args.lanes,
+               "bench": report, "simulation_seconds": seconds, "perplexity": rows,
+               "weight_memory_vs_fp8_percent": memory}
+    (out / "e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print("wrote " + ", ".join(str(p) for p in [out / "e2e.json", layer_dir, *paths]))
+    return 0 if report["mismatches"] == 0 else 1
+
+
+def _run_reporting_errors(args):
+    from fgmp.toolchain import ToolchainError
+
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, ToolchainError) as error:
+        print(f"fgmp: error: {error}", file=sys.stderr)
+        return 2
+
+
+def add_commands(commands):
+    from fgmp.sim.runner import SIMULATORS
+
+    e2e = commands.add_parser("e2e", help="a quantized model's layer through the generated engine, bit for bit")
+    e2e.add_argument("--model", help="a local Hugging Face causal-LM directory (default: the embedded tiny LM)")
+    e2e.add_argument("--layer", default=DEFAULT_LAYER, help=f"the Linear layer to run (default {DEFAULT_LAYER})")
+    e2e.add_argument("--fp8-fraction", type=float, default=0.3)
+    e2e.add_argument("--tokens", type=int, default=4, help="captured tokens streamed through the engine")
+    e2e.add_argument("--lanes", type=int, default=4)
+    e2e.add_argument("--simulator", choices=SIMULATORS, default="verilator")
+    e2e.add_argument("--calib-samples", type=int, default=16)
+    e2e.add_argument("--eval-samples", type=int, default=16)
+    e2e.add_argument("--threads", type=int)
+    e2e.add_argument("--quiet", action="store_true")
+    e2e.add_argument("--out", type=Path, default=Path("out/e2e"))
+    e2e.set_defaults(func=_run_reporting_errors)

@@ -1,0 +1,52 @@
+"""``fgmp e2e`` on a tiny configuration: a real layer of the embedded model, quantized by the policy,
+through the generated engine on Icarus, every output bit-exact; and the errors a user hits."""
+
+import json
+
+import pytest
+import torch
+
+from fgmp.cli import main
+
+FAST = ["--calib-samples", "2", "--eval-samples", "2", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.cocotb
+def test_e2e_layer_is_bit_exact_on_icarus(tmp_path, capsys):
+    out = tmp_path / "e2e"
+    assert main(["e2e", *FAST, "--layer", "blocks.0.attn.q_proj", "--tokens", "2", "--simulator", "icarus",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "e2e.json").read_text())
+    bench = summary["bench"]
+    assert bench["mismatches"] == 0 and bench["checked"] == 2 * 192 + 1  # every output + the counters
+    assert bench["block_pairs"] == (192 // 4) * 2 * (192 // 16)
+    assert bench["cycles"] >= bench["block_pairs"]
+    assert [row["policy"] for row in summary["perplexity"]] == ["fp8", "fgmp", "nvfp4"]
+    assert summary["weight_memory_vs_fp8_percent"] == pytest.approx(-32.7, abs=0.1)
+    assert (out / "precision_map.png").stat().st_size > 0 and (out / "layer" / "weights.hex").is_file()
+    assert "mismatches: 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layer", "blocks.0.nothing"], "Layer 'blocks.0.nothing' is not a quantized Linear layer of tiny-lm"),
+    (["--layer", "lm_head"], "Layer 'lm_head' is not a quantized Linear layer"),
+    (["--tokens", "0"], "--tokens must be at least 1, not 0"),
+    (["--tokens", "600"], "600 tokens need 3 evaluation windows; raise --eval-samples"),
+])
+def test_e2e_errors(tmp_path, capsys, args, message):
+    assert main(["e2e", *FAST, *args, "--simulator", "icarus", "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_e2e_missing_simulator_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no iverilog anywhere
+    assert main(["e2e", *FAST, "--layer", "blocks.0.attn.q_proj", "--tokens", "1", "--simulator", "icarus",
+                 "--out", str(tmp_path)]) == 2
+    assert "iverilog" in capsys.readouterr().err
