@@ -151,22 +151,16 @@ def _demo(args):
     print()
     _demo_quantizer()
     print()
-    _demo_policy()
+    bad += _demo_e2e(args, out)
     return 0 if bad == 0 else 1
 
 
-def _demo_policy():
-    from fgmp.golden.policy import build_plan
-    from fgmp.quantize import HEADER, row_line, evaluate, prepare
-
-    print("FGMP policy on the embedded tiny LM (Fisher calibration, one global threshold, clipping; "
-          "activations through the activation unit's golden model)\n")
-    setup = prepare(calib_samples=8, eval_samples=16, progress=False)
-    print(HEADER)
-    for policy, clipping in (("fp8", False), ("fgmp", True), ("nvfp4", False)):
-        plan = build_plan(setup.calibration, policy=policy, fp8_fraction=0.3, clipping=clipping)
-        print(row_line(evaluate(setup, plan, progress=False)))
-    print("\nfull sweep over policies and budgets: fgmp quantize --sweep (docs/results.md)")
+def _demo_e2e(args, out):
+    print("End to end: the embedded LM quantized by the FGMP policy (30 % FP8), one MLP layer's real "
+          "activations through the generated engine\n")
+    e2e_args = build_parser().parse_args(["e2e", "--quiet", "--simulator", args.simulators[-1],
+                                          "--out", str(out / "e2e")])
+    return 0 if e2e_args.func(e2e_args) == 0 else 1
 
 
 def _demo_quantizer():
