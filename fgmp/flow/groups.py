@@ -1,0 +1,115 @@
+"""Per-submodule breakdown: assign every cell of a flattened coarse netlist to a functional group.
+
+Amaranth emits only the decoders as Verilog submodules; the multipliers, the adder tree and the rest
+are expressions in one module. Their wires keep the names given in ``hw/`` (``p0_3``, ``t0_l1_0``,
+``sum0``, ``acc0``, ...), so a cell belongs to the group of the first named wire its output reaches.
+Yosys ``submod`` then turns each group into a module, and ``stat`` on the hierarchy gives the table.
+The rules follow the signal names in ``hw/dot.py`` and ``hw/actq.py``; cells that match none are
+counted as "control" (handshake, stall enable, NaN flags), so the groups always add up.
+"""
+
+import re
+from collections import deque
+
+__all__ = ["GROUP_RULES", "GROUP_ORDER", "CONTROL", "assign_groups", "name_group", "group_attribute", "module_group"]
+
+CONTROL = "control"
+
+_PIPELINE = ("pipeline registers", r"_q$|_v$")
+_DOT = [
+    _PIPELINE,
+    ("decoders", r"^[xw][\d_]*_(e2m1|e4m3)\.|^[xw][\d_]+_(sign|sig|exp|nan)$|^(x|w\d+)_scale\."),
+    ("multipliers", r"^p\d+_\d+(_shift)?$"),
+    ("adder tree", r"^t\d+_l\d+_\d+$|^sum\d+$"),
+    ("scale path", r"^s\d+_(sig|shift)$|^term\d+$"),
+    ("accumulator", r"^acc\d+|^final|^count|^start$|^in_reduction$"),
+    ("FP32 conversion", r"^fp32_\d+_|^o__payload"),
+]
+_ACTQ = [
+    _PIPELINE,
+    ("sensitivity table", r"^table$|^read__|^write__|^row$|^f\d+$|^position$|^in_reduction$|^table_overflow$"),
+    ("amax and scales", r"^x\d+_|^amax|^s[48]_(?!dec)|^s8_used$|^forced$"),
+    ("candidates", r"^q[48]_|^v[48]_|^p[48]_|^d\d+$|^s[48]_dec"),
+    ("score terms", r"^dm\d+|^f\d+_dec|^tm\d+$|^te\d+$"),
+    ("threshold decision", r"^tl\d+|^tm\d+_msb|^top\d+|^ta\d+|^tu\d+|^score|^t_|^choose_fp8$|^o__payload"),
+    ("counters and registers", r"^fp8_blocks$|^nvfp4_blocks$|^scale_exponent$|^threshold$"),
+]
+# The engine keeps the dot unit's breakdown and counts the whole activation unit as one group: the
+# question there is what the activation unit adds; its own breakdown is in the actq report. A rule's
+# third field is a hierarchy prefix the name must carry, removed before the pattern is matched.
+_ENGINE = [("activation unit", r".", "quantizer.")] + [(name, pattern, "dot.") for name, pattern in _DOT]
+GROUP_RULES = {"dot": _DOT, "actq": _ACTQ, "engine": _ENGINE, "decoder": [("decoder", r".")]}
+# Datapath order (input to output), for tables and plots; pipeline registers and control last.
+GROUP_ORDER = [name for rules in (_ENGINE, _ACTQ) for name, *_ in rules if name != _PIPELINE[0]] + [
+    _PIPELINE[0], CONTROL]
+
+
+def group_attribute(group):
+    """The ``submod`` attribute of a group's cells; Yosys names the new module ``<top>_<attribute>``."""
+    return "g_" + re.sub(r"[^A-Za-z0-9]+", "_", group).strip("_")
+
+
+def module_group(top, module, groups):
+    for group in groups:
+        if f"{top}_{group_attribute(group)}" == module:
+            return group
+    return None
+
+
+def name_group(name, rules):
+    """The group a wire name belongs to, or None."""
+    for rule in rules:
+        prefix = rule[2] if len(rule) > 2 else ""
+        if name.startswith(prefix) and re.search(rule[1], name[len(prefix):]):
+            return rule[0]
+    return None
+
+
+def _public(name):
+    # Amaranth's anonymous wires ($12, decoded$15) and Yosys' own ($auto$...) name nothing.
+    return "$" not in name
+
+
+def assign_groups(module, rules):
+    """{cell name: group} for a flattened Yosys JSON module, following outputs to the first named wire."""
+    compiled = [(rule[0], re.compile(rule[1]), rule[2] if len(rule) > 2 else "") for rule in rules]
+    names = {}
+    for name, net in module["netnames"].items():
+        if _public(name):
+            for bit in net["bits"]:
+                names.setdefault(bit, []).append(name)
+    readers = {}
+    for cell_name, cell in module["cells"].items():
+        for port, bits in cell["connections"].items():
+            if cell.get("port_directions", {}).get(port) == "input":
+                for bit in bits:
+                    readers.setdefault(bit, []).append(cell_name)
+
+    def outputs(cell):
+        return [bit for port, bits in cell["connections"].items()
+                if cell.get("port_directions", {}).get(port) == "output" for bit in bits if isinstance(bit, int)]
+
+    def match(cell):
+        found = [n for bit in outputs(cell) for n in names.get(bit, ())]
+        for group, pattern, prefix in compiled:
+            if any(n.startswith(prefix) and pattern.search(n[len(prefix):]) for n in found):
+                return group
+        return CONTROL if found else None
+
+    result = {}
+    for cell_name, cell in module["cells"].items():
+        if cell["type"] == "$scopeinfo":
+            continue
+        # Breadth-first through unnamed intermediate wires; a cell feeding nothing named is control.
+        queue, seen, group = deque([cell_name]), {cell_name}, None
+        while queue and group is None:
+            current = queue.popleft()
+            group = match(module["cells"][current])
+            if group is None:
+                for bit in outputs(module["cells"][current]):
+                    for reader in readers.get(bit, ()):
+                        if reader not in seen:
+                            seen.add(reader)
+                            queue.append(reader)
+        result[cell_name] = group or CONTROL
+    return result

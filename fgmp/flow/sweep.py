@@ -1,0 +1,74 @@
+"""Runs of the flow over several configurations: the comparison set, area sweeps and timing sweeps.
+
+Each point runs in its own directory ``<out>/<unit slug>/<target or part>``, and with ``reuse`` a point
+whose Verilog and scripts did not change is read back from there instead of being run again.
+``jobs`` > 1 runs points in parallel processes (each Yosys / nextpnr run is single-threaded)."""
+
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from .area import synthesize
+from .timing import TimingResult, place_and_route
+from .tools import DoesNotFit
+from .units import make_unit
+
+__all__ = ["VARIANTS", "compare_configs", "area_sweep", "timing_sweep"]
+
+VARIANTS = {"FGMP": ("nvfp4", "fp8"), "FP8-only": ("fp8",), "FP4-only": ("nvfp4",)}
+
+
+def compare_configs(lanes, *, block_size=16, max_blocks=1024, pipeline_stages=1, max_channels=4096, actq=True):
+    """(kind, params) of the comparison: each variant of the dot unit per lane count, and the activation
+    unit that feeds them (its ``max_channels`` / ``block_size`` table rows match ``max_blocks``)."""
+    configs = [("dot", {"lanes": count, "block_size": block_size, "max_blocks": max_blocks,
+                        "pipeline_stages": pipeline_stages, "formats": formats})
+               for count in lanes for formats in VARIANTS.values()]
+    if actq:
+        configs.append(("actq", {"block_size": block_size, "max_channels": max_channels,
+                                 "pipeline_stages": pipeline_stages}))
+    return configs
+
+
+def _area_point(kind, params, target, out, reuse):
+    unit = make_unit(kind, **params)
+    return synthesize(unit, target, Path(out) / unit.slug / target, reuse=reuse)
+
+
+def _timing_point(kind, params, part, out, freq, reuse):
+    unit = make_unit(kind, **params)
+    try:
+        return place_and_route(unit, part, Path(out) / unit.slug / part, freq_mhz=freq, reuse=reuse)
+    except DoesNotFit as error:
+        return TimingResult.not_fitted(unit, part, error)
+
+
+def _run(function, points, jobs, progress):
+    if jobs <= 1:
+        results = []
+        for point in points:
+            results.append(function(*point))
+            progress(results[-1])
+        return results
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(function, *point) for point in points]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            progress(results[-1])
+        return results
+
+
+def area_sweep(configs, targets, out, *, reuse=False, jobs=1, progress=lambda result: None):
+    """AreaResults of every (config, target), configs as (kind, params) pairs; validated up front."""
+    for kind, params in configs:
+        make_unit(kind, **params)
+    points = [(kind, params, target, out, reuse) for kind, params in configs for target in targets]
+    return _run(_area_point, points, jobs, progress)
+
+
+def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, progress=lambda result: None):
+    """TimingResults of every (config, part); a point that does not fit has no Fmax and says why."""
+    for kind, params in configs:
+        make_unit(kind, **params)
+    points = [(kind, params, part, out, freq, reuse) for kind, params in configs for part in parts]
+    return _run(_timing_point, points, jobs, progress)

