@@ -1,7 +1,7 @@
 """Small combinational building blocks shared by the units: leading-one detection, normalisation, and
 exact round-to-nearest-even of a ratio into a small float format (docs/numerics.md §2)."""
 
-from amaranth import Const, Mux, Signal, signed
+from amaranth import Cat, Const, Mux, Signal, signed
 
 from .formats import Format
 
@@ -9,12 +9,28 @@ __all__ = ["leading_one", "normalize", "round_ratio", "max_code"]
 
 
 def leading_one(m, value, name):
-    """Position of the most significant set bit of ``value`` (0 when ``value`` is 0)."""
+    """Position of the most significant set bit of ``value`` (0 when ``value`` is 0).
+
+    A tree of 2:1 multiplexers, log2(width) deep: a priority chain over the bits would put one
+    multiplexer per bit on the path, and that chain was the FP32 conversion's critical path."""
     position = Signal(range(max(len(value), 2)), name=f"{name}_msb")
-    for bit in range(len(value)):  # the last matching assignment wins: the highest set bit
-        with m.If(value[bit]):
-            m.d.comb += position.eq(bit)
+    m.d.comb += position.eq(_leading_one_tree(value)[1])
     return position
+
+
+def _leading_one_tree(value):
+    """(any bit set, position of the highest set bit) of ``value``; the position is 0 for 0."""
+    if len(value) == 1:
+        return value[0], Const(0, 1)
+    half = 1 << (len(value) - 1).bit_length() - 1  # the upper part holds the bits from the largest power of two
+    low_any, low_position = _leading_one_tree(value[:half])
+    if len(value) - half == 1:
+        high_any, high_position = value[half], Const(0, 1)
+    else:
+        high_any, high_position = _leading_one_tree(value[half:])
+    width = (half - 1).bit_length()
+    return (high_any | low_any,
+            Cat(Mux(high_any, high_position, low_position)[:width] if width else Const(0, 0), high_any))
 
 
 def normalize(m, significand, exponent, name):

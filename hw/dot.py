@@ -4,6 +4,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import leading_one
 from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
@@ -195,10 +196,7 @@ class DotUnit(wiring.Component):
         width = self.accumulator_width
         magnitude = Signal(width, name=f"{name}_mag")
         m.d.comb += magnitude.eq(Mux(value < 0, -value, value))
-        msb = Signal(range(width), name=f"{name}_msb")
-        for bit in range(width):  # the last matching assignment wins: the highest set bit
-            with m.If(magnitude[bit]):
-                m.d.comb += msb.eq(bit)
+        msb = leading_one(m, magnitude, name)
         # Left-align so the leading one sits at the top bit; pad so guard and sticky always exist.
         padded_width = max(width, 25)
         shift = Signal(range(padded_width), name=f"{name}_shift")

@@ -2,6 +2,8 @@
 the golden codec: every numerator significand (and 0) against every normalised denominator significand,
 over exponent differences spanning underflow, subnormals, normals and saturation."""
 
+import random
+
 import pytest
 import torch
 from amaranth import Module, signed
@@ -10,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fgmp import golden
-from fgmp.hw.arith import max_code, round_ratio
+from fgmp.hw.arith import leading_one, max_code, round_ratio
 from fgmp.hw.formats import E2M1, E4M3, UE4M3
 
 
@@ -52,3 +54,35 @@ def test_round_ratio_is_exact_rne(hw_format, golden_format, exponents):
     den = torch.tensor([float(d) for _, _, d, _ in cases], dtype=torch.float64)
     assert got == golden.encode_ratio(num, den, golden_format).tolist()
     assert set(got) == set(range(max_code(hw_format) + 1))  # every code, zero to saturation, occurs
+
+
+class _LeadingOne(wiring.Component):
+    def __init__(self, width):
+        super().__init__({"value": In(width), "position": Out(range(max(width, 2)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.position.eq(leading_one(m, self.value, "lo"))
+        return m
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 87])
+def test_leading_one_is_the_highest_set_bit(width):
+    dut = _LeadingOne(width)
+    generator = random.Random(width)
+    if width <= 9:
+        values = list(range(1 << width))
+    else:  # every position, alone and under random lower bits, and the all-ones and zero words
+        values = [0, (1 << width) - 1] + [(1 << b) | (generator.getrandbits(b) if b else 0)
+                                          for b in range(width) for _ in range(3)]
+    got = []
+
+    async def testbench(ctx):
+        for value in values:
+            ctx.set(dut.value, value)
+            got.append(ctx.get(dut.position))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got == [max(value.bit_length() - 1, 0) for value in values]
