@@ -6,8 +6,10 @@ docs/hardware.md between the ``<!-- area:begin -->`` / ``<!-- area:end -->`` mar
 1. ``fgmp area compare``: the FGMP, FP8-only and FP4-only dot units at each lane count and the activation
    unit, on every Yosys target (generic gates, iCE40, ECP5, ECP5 without DSPs), flat and by submodule;
    the stacked-bar plot goes to docs/area.png.
-2. ``fgmp timing``: each variant of the ``--timing-lanes`` dot unit at every pipeline depth on the ECP5-85F,
-   and the 1-lane units on the iCE40 parts (where they fit), in the registered harness.
+2. ``fgmp timing`` in the registered harness: the ``--timing-lanes`` FGMP dot unit at every pipeline depth and
+   its FP8-only / FP4-only variants at P = 1 on the ECP5-85F, the ``--goal-lanes`` FGMP unit at the deepest
+   pipeline, the activation unit, a 1-lane engine and a decoder (placing a 4-lane unit takes 15+ minutes of
+   WASM nextpnr, so the per-depth sweep runs at one lane: each lane has the same critical paths); the 1-lane dot units (P = 1) and a decoder on the iCE40 parts, where they fit.
 3. ``--bitstream``: the 1-lane FGMP self-test built for the ULX3S-85F, timed.
 
 Every figure in the generated section comes from these runs; results are cached per point under --out,
@@ -64,7 +66,8 @@ def _area_section(results, lanes):
     actq = [r for r in results if r.unit.startswith("actq")]
     lines = ["### Area: FGMP vs FP8-only vs FP4-only", "",
              "Primary figure per target: generic = Yosys internal gates (`synth -flatten`), with `stat -tech cmos` "
-             "transistors; iCE40 = SB_LUT4 (`synth_ice40 -dsp`); ECP5 = LUT4 + 2 per CCU2C carry cell "
+             "transistors (plus the flip-flops with enable or reset that its cost model leaves out, priced as a "
+             "flip-flop + multiplexer / AND gate at its own costs: `fgmp.flow.area.flip_flop_transistors`); iCE40 = SB_LUT4 (`synth_ice40 -dsp`); ECP5 = LUT4 + 2 per CCU2C carry cell "
              "(`synth_ecp5`, DSPs inferred); ECP5 no DSP = the same with `-nodsp`, the fair logic comparison. "
              "\"vs FGMP\" is the ratio to the FGMP unit of the same lane count.", "", markdown(variants), ""]
     if overhead["rows"]:
@@ -86,7 +89,9 @@ def main(argv=None):
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--targets", nargs="+", default=["generic", "ice40", "ecp5", "ecp5-nodsp"])
     parser.add_argument("--max-channels", type=int, default=4096, help="the activation unit's table")
-    parser.add_argument("--timing-lanes", type=int, default=4)
+    parser.add_argument("--timing-lanes", type=int, default=1, help="lanes of the per-depth timing sweep")
+    parser.add_argument("--goal-lanes", type=int, default=4,
+                        help="lanes of the unit the 100 MHz goal is about (placed once, at the deepest pipeline)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--no-timing", dest="timing", action="store_false")
     parser.add_argument("--ice40", nargs="+", default=["ice40-up5k", "ice40-hx8k"], help="iCE40 parts for L=1")
@@ -114,12 +119,14 @@ def main(argv=None):
                 for p in args.stages]
         ecp5 += [("dot", {"lanes": args.timing_lanes, "pipeline_stages": 1, "formats": VARIANTS[v]})
                  for v in ("FP8-only", "FP4-only")]
+        if args.goal_lanes != args.timing_lanes:  # one point at the goal's lane count, deepest pipeline
+            ecp5 += [("dot", {"lanes": args.goal_lanes, "pipeline_stages": max(args.stages),
+                              "formats": VARIANTS["FGMP"]})]
         ecp5 += [("actq", {"max_channels": args.max_channels}), ("engine", {"lanes": 1}),
                  ("decoder", {"format": "e4m3"})]
         timing += timing_sweep(ecp5, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
                                progress=log)
-        ice40 = [("dot", {"lanes": 1, "pipeline_stages": p, "formats": f})
-                 for f in VARIANTS.values() for p in (min(args.stages), max(args.stages))]
+        ice40 = [("dot", {"lanes": 1, "pipeline_stages": 1, "formats": f}) for f in VARIANTS.values()]
         ice40 += [("decoder", {"format": "e4m3"})]
         timing += timing_sweep(ice40, args.ice40, args.out / "timing", reuse=args.reuse, jobs=args.jobs,
                                progress=log)
@@ -131,7 +138,7 @@ def main(argv=None):
                   "kept as a separate module): one flip-flop per unit input and output bit, a 32-bit LFSR and "
                   "a registered XOR tree. \"critical path\" names the submodules at its two ends.", "",
                   markdown(timing_table(timing)), ""]
-        lines += _goal(timing, args.timing_lanes)
+        lines += _goal(timing, args.goal_lanes)
 
     if args.bitstream:
         result = build_bitstream("ulx3s-85f", {"lanes": 1, "pipeline_stages": 3}, args.out / "bitstream")

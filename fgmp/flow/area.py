@@ -16,7 +16,8 @@ from fgmp.hw.verilog import write_verilog
 from .groups import GROUP_RULES, assign_groups, group_attribute, module_group
 from .tools import FlowError, cache_key, load_cached, run_tool, store_cached
 
-__all__ = ["TARGETS", "AreaResult", "synthesize", "synthesize_verilog", "check_targets", "summarize"]
+__all__ = ["TARGETS", "AreaResult", "synthesize", "synthesize_verilog", "check_targets", "summarize",
+           "flip_flop_transistors"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,15 @@ class AreaResult:
     def summary(self):
         return summarize(self.target, self.cells)
 
+    @property
+    def transistor_estimate(self):
+        """Yosys's CMOS transistor count plus the flip-flops it leaves out (``flip_flop_transistors``)."""
+        return None if self.transistors is None else self.transistors + flip_flop_transistors(self.cells)
+
+    def group_transistor_estimates(self):
+        return {g: t + flip_flop_transistors(self.groups[g]) for g, t in self.group_transistors.items()
+                if t is not None}
+
     def group_summaries(self):
         return {g: summarize(self.target, c) for g, c in self.groups.items()}
 
@@ -103,6 +113,25 @@ def summarize(target, cells):
     luts = count("LUT4") + 2 * count("CCU2C") + 2 * count("TRELLIS_DPR16X4")
     return {"LUT4 eq.": luts, "LUT4": count("LUT4"), "CCU2C": count("CCU2C"), "FF": flops,
             "MULT18X18D": count("MULT18X18D"), "LUTRAM": count("TRELLIS_DPR16X4"), "BRAM": count("DP16KD")}
+
+
+def flip_flop_transistors(cells):
+    """Transistors of the flip-flops in {cell type: count} that Yosys's CMOS cost model does not price.
+
+    ``stat -tech cmos`` prices the plain $_DFF_P_ / $_DFF_N_ (16) but leaves out flip-flops with an
+    enable or a reset (its total then ends in "+"), which are most of ours. Each is priced here as the
+    plain flip-flop plus the gate it folds in, at Yosys's own costs: enable = $_MUX_ (12), reset = $_AND_ (6).
+    """
+    total = 0
+    for cell_type, count in cells.items():
+        parts = cell_type.strip("$").strip("_").split("_")
+        kind = parts[0]
+        if "DFF" not in kind or cell_type in ("$_DFF_P_", "$_DFF_N_"):
+            continue
+        polarity = parts[1] if len(parts) > 1 else ""
+        reset = kind.startswith(("S", "AL")) or "SR" in kind or len(polarity) >= 3
+        total += count * (16 + 12 * kind.endswith("E") + 6 * reset)
+    return total
 
 
 def _cells(stat_module):

@@ -130,8 +130,8 @@ def _timing(args):
     parts = check_parts(args.parts)
     freq = check_frequency(args.freq)
     configs = _configs(args)
-    progress = lambda r: print(f"  {r.unit} on {r.part}: " + (f"{r.fmax_mhz:.1f} MHz" if r.fmax_mhz else "does not fit"),
-                               flush=True)
+    progress = lambda r: print(f"  {r.unit} on {r.part}: "
+                               + (f"{r.fmax_mhz:.1f} MHz" if r.fmax_mhz else "does not fit"), flush=True)
     results = timing_sweep(configs, parts, args.out, freq=freq, reuse=args.reuse, jobs=args.jobs, progress=progress)
     tables = [("Fmax and utilisation after place and route (unit + timing harness)", timing_table(results))]
     _print_tables(tables)

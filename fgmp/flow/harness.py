@@ -4,9 +4,10 @@ Every input bit of the unit (payload, valid, ready, config) comes from its own f
 register fed by an LFSR, and every output bit goes into a flip-flop and then a registered XOR tree
 of fan-in 4 down to one pin. Synthesis cannot prove any input constant or any output unused, so
 nothing of the unit is optimized away; and every harness path is at most one LUT deep between
-flip-flops, so the harness sets the clock period only for units shallower than that (the decoders). What it adds (all measured, see
-``fgmp.flow.timing``): one flip-flop per unit input bit and per unit output bit, the 32-bit LFSR,
-and the reduction tree (about one LUT4 and one flip-flop per three output bits).
+flip-flops, so the harness sets the clock period only for units shallower than that (the decoders).
+What it adds (measured, see ``fgmp.flow.timing``): one flip-flop per unit input bit and per unit
+output bit, the 32-bit LFSR, and the reduction tree (about one LUT4 and one flip-flop per three
+output bits).
 """
 
 from amaranth import Cat, Module, Signal, Value

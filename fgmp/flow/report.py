@@ -43,7 +43,7 @@ def area_tables(results):
         keys = list(rows[0].summary)
         extra = ["CMOS transistors"] if target == "generic" else []
         tables[target] = table(["unit", *keys, *extra, "seconds"],
-                               [[r.unit, *r.summary.values(), *([r.transistors] if extra else []), round(r.seconds)]
+                               [[r.unit, *r.summary.values(), *([r.transistor_estimate] if extra else []), round(r.seconds)]
                                 for r in rows])
     return tables
 
@@ -85,7 +85,7 @@ def compare_tables(results, lanes):
                 row.append(value)
                 extra = {"generic": "transistors", "ecp5": "MULT18X18D", "ice40": "SB_MAC16"}.get(target)
                 if extra:
-                    row.append(None if r is None else r.transistors if extra == "transistors" else r.summary[extra])
+                    row.append(None if r is None else r.transistor_estimate if extra == "transistors" else r.summary[extra])
                 row.append(value / base.summary[PRIMARY[target]] if r and base else None)
             rows.append(row)
     variants = table(header, rows)

@@ -2,7 +2,7 @@
 
 The unit keeps its own module through synthesis (``keep_hierarchy``), so Yosys reports its cells and
 the harness's separately; the hierarchy is flattened only for nextpnr. nextpnr's utilisation is for
-unit + harness; the harness's share is the ``harness`` entry of the result.
+unit + harness; the harness's own share is ``harness_cells``.
 """
 
 import dataclasses
@@ -51,9 +51,9 @@ PARTS = {
 _RESOURCES = {"TRELLIS_COMB": "LUT4", "TRELLIS_FF": "FF", "MULT18X18D": "MULT18X18D", "DP16KD": "BRAM",
               "TRELLIS_RAMW": "LUTRAM", "TRELLIS_IO": "IO", "ICESTORM_LC": "LC", "ICESTORM_DSP": "SB_MAC16",
               "ICESTORM_RAM": "BRAM", "SB_IO": "IO"}
-_NO_FIT = re.compile(r"(?:Design uses|requires) .*?(\d+) .*?(?:but|only) .*?(\d+)|Unable to place cell|"
-                     r"failed to place|No wire found for port|device only has|"
-                     r"Found \d+ unplaced|Unable to find legal placement", re.I)
+# nextpnr's words for a design larger than the part (the capacity check before it catches most).
+_NO_FIT = re.compile(r"Design uses .* but|device only has|Unable to place cell|failed to place|"
+                     r"Unable to find legal placement", re.I)
 
 
 def check_parts(parts):
@@ -94,8 +94,9 @@ class TimingResult:
                    target_mhz=None, utilization={}, unit_cells={}, harness_cells={}, error=str(error))
 
     def as_dict(self):
+        fmax = None if self.fmax_mhz is None else round(self.fmax_mhz, 2)
         return {"unit": self.unit, "top": self.top, "part": self.part, "pipeline_stages": self.pipeline_stages,
-                "fmax_mhz": None if self.fmax_mhz is None else round(self.fmax_mhz, 2), "target_mhz": self.target_mhz, "met": self.met,
+                "fmax_mhz": fmax, "target_mhz": self.target_mhz, "met": self.met,
                 "utilization": {k: {"used": u, "available": a} for k, (u, a) in self.utilization.items()},
                 "unit_cells": self.unit_cells, "harness_cells": self.harness_cells,
                 "harness_bits": self.harness_bits, "constraints": self.constraints,
