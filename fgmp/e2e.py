@@ -75,8 +75,10 @@ def _run(args):
     # A missing simulator should stop the run before minutes of calibration, not after.
     if args.simulator == "icarus":
         require_iverilog()
-    else:
+    if args.simulator == "verilator" or args.energy:  # toggle counting is Verilator's
         verilator_root()
+    if args.energy_lanes < 1:
+        raise ValueError(f"--energy-lanes must be at least 1, not {args.energy_lanes}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     setup = prepare(args.model, calib_samples=args.calib_samples, eval_samples=args.eval_samples,
@@ -115,14 +117,55 @@ def _run(args):
     print(f"\nweight memory: {fgmp_row['bits_per_weight']:.3f} bits per weight vs {FP8_BITS:.3f} all-FP8 "
           f"({memory:+.1f} %); perplexity {100 * (fgmp_row['perplexity'] / rows[0]['perplexity'] - 1):+.2f} % "
           "vs all-FP8")
-    print("energy proxy: not measured yet (see docs/results.md)")
+    energy = _energy(args, setup, plan, activations, out) if args.energy else None
     paths = _plots(plan, args.layer, out)
     summary = {"model": setup.lm.name, "layer": args.layer, "simulator": args.simulator, "lanes": args.lanes,
                "bench": report, "simulation_seconds": seconds, "perplexity": rows,
-               "weight_memory_vs_fp8_percent": memory}
+               "bits_per_weight": {"fgmp": fgmp_row["bits_per_weight"], "fp8": FP8_BITS},
+               "weight_memory_vs_fp8_percent": memory, "energy": energy}
     (out / "e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print("wrote " + ", ".join(str(p) for p in [out / "e2e.json", layer_dir, *paths]))
+    (out / "e2e.md").write_text(_markdown(summary))
+    print("wrote " + ", ".join(str(p) for p in [out / "e2e.json", out / "e2e.md", layer_dir, *paths]))
     return 0 if report["mismatches"] == 0 else 1
+
+
+def _energy(args, setup, plan, activations, out):
+    """The energy proxy (fgmp/energy.py) of the FGMP dot unit under ``plan`` against the FP8-only unit
+    running the same layer and tokens all in FP8."""
+    from fgmp.energy import energy_rows, fgmp_case, measure_layer, uniform_case
+
+    start = time.perf_counter()
+    cases = [fgmp_case("FGMP", plan, args.layer, activations),
+             uniform_case("FP8-only", setup.calibration, args.layer, activations, "fp8")]
+    rows = energy_rows(measure_layer(cases, lanes=args.energy_lanes, out=out / "energy"))
+    fgmp, fp8 = rows
+    seconds = time.perf_counter() - start
+    print(f"energy proxy ({args.energy_lanes}-lane dot units, this layer and tokens, {seconds:.0f} s): "
+          f"FGMP {fgmp['energy_per_block_pair']:.0f} vs FP8-only {fp8['energy_per_block_pair']:.0f} "
+          f"transistor-toggles per block pair ({100 * (fgmp['vs_baseline'] - 1):+.1f} %; the paper reports -14 % "
+          "for its design); method and sweep in docs/results.md")
+    return {"lanes": args.energy_lanes, "rows": rows}
+
+
+def _markdown(summary):
+    bench = summary["bench"]
+    lines = [f"# fgmp e2e: {summary['model']} / `{summary['layer']}`", "",
+             f"Engine ({summary['lanes']} lanes) on {summary['simulator']}: {bench['tokens'] * bench['out_features']} "
+             f"outputs compared bit for bit, **{bench['mismatches']} mismatches**; {bench['cycles']} cycles for "
+             f"{bench['block_pairs']} block pairs; activation blocks in FP8: {bench['activation_fp8_blocks']} of "
+             f"{bench['activation_blocks']}.", "",
+             "| policy | perplexity | bits per weight |", "|---|---|---|"]
+    lines += [f"| {row['policy']} | {row['perplexity']:.4f} | {row['bits_per_weight']:.3f} |"
+              for row in summary["perplexity"]]
+    lines += ["", f"Weight memory: {summary['weight_memory_vs_fp8_percent']:+.1f} % vs all-FP8 (the paper: -30 %).", ""]
+    if summary["energy"]:
+        lines += [f"Energy proxy ({summary['energy']['lanes']}-lane dot units; transistor-toggles per block pair, "
+                  "docs/results.md):", "", "| unit | FP8 weights | FP8 activations | energy | vs FP8-only |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {100 * r['weight_fp8']:.1f} % | {100 * r['activation_fp8']:.1f} % | "
+                  f"{r['energy_per_block_pair']:.0f} | {r['vs_baseline']:.3f} |" for r in summary["energy"]["rows"]]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _run_reporting_errors(args):
@@ -147,6 +190,10 @@ def add_commands(commands):
     e2e.add_argument("--simulator", choices=SIMULATORS, default="verilator")
     e2e.add_argument("--calib-samples", type=int, default=16)
     e2e.add_argument("--eval-samples", type=int, default=16)
+    e2e.add_argument("--energy-lanes", type=int, default=1,
+                     help="lanes of the dot units the energy proxy compares (default 1: builds fastest)")
+    e2e.add_argument("--no-energy", dest="energy", action="store_false",
+                     help="skip the energy proxy (it needs Verilator and Yosys whatever --simulator says)")
     e2e.add_argument("--threads", type=int)
     e2e.add_argument("--quiet", action="store_true")
     e2e.add_argument("--out", type=Path, default=Path("out/e2e"))

@@ -13,9 +13,11 @@ import random
 import time
 
 import cocotb
+import torch
 
 from fgmp.hw import DotUnit
-from .dot_stimuli import PayloadPacker, exhaustive_reductions, expected_results, random_reductions
+from .dot_stimuli import (PayloadPacker, Reduction, exhaustive_reductions, expected_results, random_reductions,
+                          reductions_from_state)
 from .fields import unpack_value
 from .scoreboard import Scoreboard
 from .streams import CycleCounter, StreamDriver, StreamMonitor, start_clock_and_reset
@@ -101,3 +103,13 @@ async def random_reductions_with_stalls(dut):
                                    seed=config["seed"])
     await _stream_and_check(dut, unit, reductions, name="random", idle=config["idle"],
                             backpressure=config["backpressure"], seed=config["seed"])
+
+
+@cocotb.test()
+async def given_reductions(dut):
+    """The reductions saved at ``config["reductions"]`` (a model layer's blocks, say), streamed at full
+    rate: the activity measurements of sim/activity.py run on this bench, so they are checked too."""
+    config = json.loads(os.environ[CONFIG_ENV])
+    unit = _unit(config)
+    reductions = reductions_from_state(torch.load(config["reductions"]))
+    await _stream_and_check(dut, unit, reductions, name="given", idle=0.0, backpressure=0.0, seed=config["seed"])

@@ -16,7 +16,7 @@ from fgmp.golden import BlockTensor, quantize_blocks, unit_dot
 
 __all__ = [
     "Reduction", "exhaustive_reductions", "random_reductions", "transactions", "expected_results",
-    "PayloadPacker", "ONE_SCALE",
+    "PayloadPacker", "ONE_SCALE", "reductions_state", "reductions_from_state",
 ]
 
 ONE_SCALE = 0x38  # UE4M3 1.0
@@ -34,6 +34,17 @@ class Reduction:
     @property
     def blocks(self):
         return self.activation.codes.shape[1]
+
+
+def reductions_state(reductions):
+    """A torch.save-able form of a list of reductions (codes, scales, precision of weights and activation)."""
+    return [{side: {"codes": bt.codes, "scales": bt.scales, "precision": bt.precision}
+             for side, bt in (("weights", r.weights), ("activation", r.activation))} for r in reductions]
+
+
+def reductions_from_state(state):
+    return [Reduction(weights=_block_tensor(**r["weights"]), activation=_block_tensor(**r["activation"]))
+            for r in state]
 
 
 def _block_tensor(codes, scales, precision):

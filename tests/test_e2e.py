@@ -8,7 +8,8 @@ import torch
 
 from fgmp.cli import main
 
-FAST = ["--calib-samples", "2", "--eval-samples", "2", "--threads", "1", "--quiet"]
+# The energy proxy has its own tests (tests/test_energy.py); here it would add two Verilator builds.
+FAST = ["--calib-samples", "2", "--eval-samples", "2", "--threads", "1", "--quiet", "--no-energy"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +31,9 @@ def test_e2e_layer_is_bit_exact_on_icarus(tmp_path, capsys):
     assert bench["cycles"] >= bench["block_pairs"]
     assert [row["policy"] for row in summary["perplexity"]] == ["fp8", "fgmp", "nvfp4"]
     assert summary["weight_memory_vs_fp8_percent"] == pytest.approx(-32.7, abs=0.1)
+    assert summary["energy"] is None
     assert (out / "precision_map.png").stat().st_size > 0 and (out / "layer" / "weights.hex").is_file()
+    assert "**0 mismatches**" in (out / "e2e.md").read_text()
     assert "mismatches: 0" in capsys.readouterr().out
 
 
@@ -39,6 +42,7 @@ def test_e2e_layer_is_bit_exact_on_icarus(tmp_path, capsys):
     (["--layer", "lm_head"], "Layer 'lm_head' is not a quantized Linear layer"),
     (["--tokens", "0"], "--tokens must be at least 1, not 0"),
     (["--tokens", "600"], "600 tokens need 3 evaluation windows; raise --eval-samples"),
+    (["--energy-lanes", "0"], "--energy-lanes must be at least 1, not 0"),
 ])
 def test_e2e_errors(tmp_path, capsys, args, message):
     assert main(["e2e", *FAST, *args, "--simulator", "icarus", "--out", str(tmp_path)]) == 2

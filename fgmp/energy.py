@@ -1,0 +1,194 @@
+"""The energy proxy (docs/results.md, "Energy proxy"): switching activity of the dot unit measured in
+simulation on a model layer's real blocks, weighted by the synthesized size of each submodule.
+
+For every submodule group g of the unit (decoders, multipliers, adder tree, scale path, accumulator,
+FP32 conversion, pipeline registers, control; ``fgmp.flow.groups``):
+
+    activity a_g = transitions of g's named signal bits / (named bits of g)      (Verilator toggle coverage)
+    size     A_g = CMOS transistors of g, flip-flops included                    (Yosys, generic target)
+    E            = sum_g a_g * A_g / block pairs
+
+E is in transistor-toggles per block pair: the dynamic energy of a gate is proportional to how often
+its output switches times its capacitance, taken here as proportional to its transistor count, and a
+group's named signals stand for the switching of its gates. No wires, no memories or their reads, no
+clock tree and no leakage are modelled; only ratios between units mean anything.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fgmp.flow.area import synthesize
+from fgmp.flow.groups import CONTROL, GROUP_RULES, name_group
+from fgmp.flow.units import make_unit
+from fgmp.sim.activity import run_dot_activity
+from fgmp.sim.dot_stimuli import Reduction
+
+__all__ = ["EnergyResult", "LayerCase", "UNIT_FORMATS", "layer_reductions", "group_activity", "energy_proxy",
+           "measure_energy", "fgmp_case", "uniform_case", "measure_layer", "energy_rows"]
+
+_ESCAPE = re.compile(r"__0([0-9a-fA-F]{2})")
+
+
+def _unescape(name):
+    """Verilator writes a character outside [A-Za-z0-9_] of a Verilog name as __0 and two hex digits."""
+    return _ESCAPE.sub(lambda m: chr(int(m[1], 16)), name)
+
+
+def layer_reductions(weights, activations, lanes):
+    """The reductions the engine bench streams for a layer: output channels in groups of ``lanes``
+    (a short last group repeats its last row), each group once per token. ``weights``: BlockTensor
+    (M, K); ``activations``: BlockTensor (T, K) as the activation unit emits them."""
+    out_features, tokens = weights.codes.shape[0], activations.codes.shape[0]
+    if weights.codes.shape[1:] != activations.codes.shape[1:]:
+        raise ValueError(f"Weights have {weights.codes.shape[1]} blocks per row, activations "
+                         f"{activations.codes.shape[1]}")
+    reductions = []
+    for group in range(0, out_features, lanes):
+        rows = torch.tensor([min(group + lane, out_features - 1) for lane in range(lanes)])
+        lane_weights = _rows(weights, rows)
+        for t in range(tokens):
+            reductions.append(Reduction(weights=lane_weights, activation=_rows(activations, torch.tensor([t]))))
+    return reductions
+
+
+def _rows(bt, rows):
+    return type(bt)(codes=bt.codes[rows], scales=bt.scales[rows], precision=bt.precision[rows],
+                    global_scale=bt.global_scale)
+
+
+def group_activity(activity, kind="dot"):
+    """{group: (transitions, bits)} over the named signals of an Activity; Amaranth's anonymous wires
+    (``$12``) belong to no group and are left out."""
+    totals = {}
+    for raw, toggles in activity.toggles.items():
+        name = _unescape(raw)
+        if "$" in name:
+            continue
+        group = name_group(name, GROUP_RULES[kind]) or CONTROL
+        transitions, bits = totals.get(group, (0, 0))
+        totals[group] = (transitions + toggles, bits + activity.bits[raw])
+    return totals
+
+
+@dataclass(frozen=True)
+class EnergyResult:
+    label: str
+    block_pairs: int
+    cycles: int
+    groups: dict  # {group: {"transistors", "activity" (transitions per bit per block pair), "energy"}}
+
+    @property
+    def energy(self):
+        """Transistor-toggles per block pair."""
+        return sum(g["energy"] for g in self.groups.values())
+
+    def as_dict(self):
+        return {"label": self.label, "block_pairs": self.block_pairs, "cycles": self.cycles,
+                "energy_per_block_pair": self.energy, "groups": self.groups}
+
+
+def energy_proxy(label, activity, area):
+    """EnergyResult of an Activity weighted by an AreaResult (generic target, with its breakdown) of the
+    same unit. A group with area but no named signal, or the reverse, is an error: the two views of the
+    unit must agree."""
+    sizes = area.group_transistor_estimates() if area.target == "generic" else {}
+    if not sizes:
+        raise ValueError("The energy proxy needs the generic target's per-group transistor counts")
+    measured = group_activity(activity)
+    groups = {}
+    for group, transistors in sizes.items():
+        if group not in measured:
+            raise ValueError(f"Group {group!r} of {label} has {transistors} transistors but no named signal")
+        transitions, bits = measured[group]
+        rate = transitions / bits / activity.block_pairs
+        groups[group] = {"transistors": transistors, "activity": rate, "energy": rate * transistors}
+    missing = sorted(set(measured) - set(sizes))
+    if missing:
+        raise ValueError(f"Groups {missing} of {label} toggle but have no synthesized area")
+    return EnergyResult(label=label, block_pairs=activity.block_pairs, cycles=activity.cycles, groups=groups)
+
+
+def measure_energy(unit_params, runs, out, *, reuse=True):
+    """EnergyResults of one dot unit on several stimulus sets. ``runs``: {label: reductions}. The unit is
+    synthesized once (generic, with breakdown; cached under ``out`` with ``reuse``) and built once for
+    Verilator with toggle coverage."""
+    unit = make_unit("dot", **unit_params)
+    area = synthesize(unit, "generic", Path(out) / "area" / unit.slug, reuse=reuse)
+    results = []
+    for index, (label, reductions) in enumerate(runs.items()):
+        activity = run_dot_activity(unit.params, reductions, Path(out) / "sim", rebuild=index == 0)
+        results.append(energy_proxy(label, activity, area))
+    return results
+
+
+UNIT_FORMATS = {"FGMP": ("nvfp4", "fp8"), "FP8-only": ("fp8",), "FP4-only": ("nvfp4",)}
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """One point of a layer comparison: the unit variant and the blocks it runs (weights (M, K) and the
+    activation blocks (T, K) its activation path produced)."""
+
+    label: str
+    unit: str  # a key of UNIT_FORMATS
+    weights: object
+    activations: object
+
+    @property
+    def weight_fp8(self):
+        return float(self.weights.precision.float().mean())
+
+    @property
+    def activation_fp8(self):
+        return float(self.activations.precision.float().mean())
+
+
+def fgmp_case(label, plan, name, x):
+    """The FGMP unit under ``plan``: the plan's weight blocks, activations as the activation unit
+    quantizes the BF16 inputs ``x`` (T, K) with the plan's registers (golden model, bit-exact)."""
+    from fgmp.golden import quantize_activations
+
+    rule = plan.activations[name]
+    if rule.config is None:
+        raise ValueError(f"Plan {plan.policy!r} does not drive the activation unit for {name}")
+    blocks = quantize_activations(x, rule.config, block_size=plan.weights[name].block_size).blocks
+    return LayerCase(label, "FGMP", plan.weights[name], blocks)
+
+
+def uniform_case(label, calibration, name, x, precision):
+    """The single-precision unit ``precision`` ('fp8' or 'nvfp4') on the same layer: every weight and
+    activation block in that format, activations with the layer's calibrated G = 2**k."""
+    from fgmp.golden import quantize_blocks
+    from fgmp.golden.policy import build_plan
+
+    plan = build_plan(calibration, policy=precision, clipping=False)
+    weights = plan.weights[name]
+    activations = quantize_blocks(x, torch.full((x.shape[0], x.shape[1] // weights.block_size),
+                                                        precision == "fp8"),
+                                  block_size=weights.block_size, scale=2.0 ** plan.activations[name].scale_exponent)
+    return LayerCase(label, "FP8-only" if precision == "fp8" else "FP4-only", weights, activations)
+
+
+def measure_layer(cases, *, lanes, out, pipeline_stages=1, reuse=True):
+    """[(LayerCase, EnergyResult)] for every case, each variant synthesized and built once."""
+    results = {}
+    for variant in dict.fromkeys(case.unit for case in cases):
+        chosen = [case for case in cases if case.unit == variant]
+        runs = {case.label: layer_reductions(case.weights, case.activations, lanes) for case in chosen}
+        params = {"lanes": lanes, "pipeline_stages": pipeline_stages, "formats": UNIT_FORMATS[variant]}
+        for case, result in zip(chosen, measure_energy(params, runs, out, reuse=reuse)):
+            results[case.label] = (case, result)
+    return [results[case.label] for case in cases]
+
+
+def energy_rows(measured, baseline="FP8-only"):
+    """Table rows (dicts) with each point's energy relative to the first case of the ``baseline`` unit."""
+    reference = next((r.energy for case, r in measured if case.unit == baseline), None)
+    return [{"label": case.label, "unit": case.unit, "weight_fp8": case.weight_fp8,
+             "activation_fp8": case.activation_fp8, "block_pairs": result.block_pairs,
+             "energy_per_block_pair": result.energy,
+             "vs_baseline": None if reference is None else result.energy / reference,
+             "groups": result.groups} for case, result in measured]

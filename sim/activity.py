@@ -1,0 +1,82 @@
+"""Switching activity of the dot unit on given reductions, from Verilator's toggle coverage.
+
+Built with ``--coverage-toggle``, the Verilator model counts the transitions of every bit of every
+signal the generated Verilog declares; cocotb's Verilator main writes the counts to ``coverage.dat``
+when the simulation ends. The run is the dot bench's ``given_reductions`` test, so every output of an
+activity run is also checked bit for bit against golden.
+"""
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fgmp.hw import DotUnit
+from fgmp.hw.verilog import write_verilog
+from .dot import dot_top
+from .dot_stimuli import reductions_state
+from .runner import run_bench
+
+__all__ = ["Activity", "read_toggles", "run_dot_activity"]
+
+# One coverage point: fields separated by \x01, key and value by \x02, then the count.
+_POINT = re.compile(r"^C '(?P<fields>[^']*)' (?P<count>\d+)$")
+_BIT = re.compile(r"^(?P<name>.+?)(?:\[(?P<bit>\d+)\])?(?::.*)?$")
+
+
+@dataclass(frozen=True)
+class Activity:
+    """Transitions per signal (hierarchical name below the top, e.g. ``acc0`` or ``x0_e4m3.code``) and
+    its width in bits, over ``cycles`` clock cycles that carried ``block_pairs`` block pairs."""
+
+    toggles: dict
+    bits: dict
+    cycles: int
+    block_pairs: int
+
+
+def read_toggles(path, top):
+    """({signal: transitions summed over its bits and both directions}, {signal: bits}) from a
+    Verilator coverage.dat, signals named relative to the instance ``top``."""
+    toggles, bit_sets = {}, {}
+    for line in Path(path).read_text().splitlines():
+        point = _POINT.match(line)
+        if point is None:
+            continue
+        fields = dict(f.split("\x02", 1) for f in point["fields"].split("\x01") if "\x02" in f)
+        if not fields.get("page", "").startswith("v_toggle"):
+            continue
+        hierarchy = fields.get("h", "").split(".")
+        if top not in hierarchy:
+            continue
+        scope = hierarchy[hierarchy.index(top) + 1:]
+        signal = _BIT.match(fields["o"])
+        name = ".".join(scope + [signal["name"]])
+        toggles[name] = toggles.get(name, 0) + int(point["count"])
+        bit_sets.setdefault(name, set()).add(signal["bit"])
+    return toggles, {name: len(bits) for name, bits in bit_sets.items()}
+
+
+def run_dot_activity(unit_params, reductions, build_root, *, rebuild=True, seed=1):
+    """Stream ``reductions`` (sim.dot_stimuli.Reduction, one weight row per lane) through
+    ``DotUnit(**unit_params)`` on Verilator at full rate; returns the Activity. ``rebuild=False`` reuses
+    a model already built in ``build_root`` for the same unit."""
+    unit = DotUnit(**unit_params)
+    top = dot_top(unit)
+    build_dir = Path(build_root) / "verilator" / f"{top}_p{unit.pipeline_stages}_toggle"
+    source = write_verilog(unit, top, build_dir)
+    stimuli = build_dir / "reductions.pt"
+    torch.save(reductions_state(reductions), stimuli)
+    coverage = build_dir / "coverage.dat"
+    coverage.unlink(missing_ok=True)
+    config = {"unit": {**unit_params, "formats": list(unit.formats)}, "reductions": str(stimuli), "seed": seed}
+    result = run_bench(simulator="verilator", sources=[source], top=top, test_module="fgmp.sim.dot_bench",
+                       build_dir=build_dir, extra_env={"FGMP_DOT_BENCH": json.dumps(config)},
+                       testcases=["given_reductions"], build_args=["--coverage-toggle"], rebuild=rebuild)
+    if not coverage.exists():
+        raise FileNotFoundError(f"Verilator wrote no toggle coverage to {coverage}")
+    toggles, bits = read_toggles(coverage, top)
+    report = result.report
+    return Activity(toggles=toggles, bits=bits, cycles=report["cycles"], block_pairs=report["block_pairs"])

@@ -1,0 +1,143 @@
+"""The energy proxy (fgmp/energy.py): Verilator toggle coverage read back per signal, grouped like the
+synthesis breakdown and weighted by it; the layer cases it compares. The measured runs use a unit with
+2-element blocks so that synthesis and the coverage build stay fast."""
+
+import pytest
+import torch
+
+from fgmp import golden
+from fgmp.energy import energy_proxy, fgmp_case, group_activity, layer_reductions, measure_energy, uniform_case
+from fgmp.flow.area import flip_flop_transistors
+from fgmp.sim.activity import Activity, read_toggles
+from fgmp.sim.dot_stimuli import random_reductions
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _point(hierarchy, signal, count, page="v_toggle/top"):
+    fields = {"f": "top.v", "l": "3", "page": page, "o": signal, "h": hierarchy}
+    return "C '" + "\x01".join(f"{k}\x02{v}" for k, v in fields.items()) + f"' {count}"
+
+
+def test_read_toggles_sums_bits_and_directions_per_signal(tmp_path):
+    path = tmp_path / "coverage.dat"
+    path.write_text("\n".join([
+        "# SystemC::Coverage-3",
+        _point("top", "acc0[0]:0->1", 3), _point("top", "acc0[0]:1->0", 2), _point("top", "acc0[1]:0->1", 4),
+        _point("top", "acc0[1]:1->0", 4), _point("top", "start:0->1", 1), _point("top", "start:1->0", 1),
+        _point("top.x0_e4m3", "code[7]:0->1", 5),
+        _point("top", "acc0[0]", 9, page="v_line/top"),  # not a toggle point
+        _point("other", "acc0[0]:0->1", 9),  # not under the top
+    ]) + "\n")
+    toggles, bits = read_toggles(path, "top")
+    assert toggles == {"acc0": 13, "start": 2, "x0_e4m3.code": 5}
+    assert bits == {"acc0": 2, "start": 1, "x0_e4m3.code": 1}
+
+
+def test_group_activity_follows_the_synthesis_groups_and_skips_anonymous_wires():
+    activity = Activity(toggles={"acc0": 10, "p0_3": 6, "x0_e4m3__02ecode": 4, "__024101": 50, "t0_l1_0": 2,
+                                 "unnamed_thing": 1},
+                        bits={"acc0": 5, "p0_3": 3, "x0_e4m3__02ecode": 8, "__024101": 4, "t0_l1_0": 2,
+                              "unnamed_thing": 1},
+                        cycles=10, block_pairs=8)
+    assert group_activity(activity) == {"accumulator": (10, 5), "multipliers": (6, 3), "decoders": (4, 8),
+                                        "adder tree": (2, 2), "control": (1, 1)}
+
+
+def test_flip_flops_that_yosys_does_not_price_are_priced_at_its_gate_costs():
+    assert flip_flop_transistors({"$_DFF_P_": 3, "$_AND_": 5}) == 0  # Yosys prices these itself
+    assert flip_flop_transistors({"$_DFFE_PP_": 1}) == 16 + 12
+    assert flip_flop_transistors({"$_SDFF_PP0_": 1}) == 16 + 6
+    assert flip_flop_transistors({"$_SDFFE_PP0N_": 2}) == 2 * (16 + 12 + 6)
+    assert flip_flop_transistors({"$_DFF_PP0_": 1}) == 16 + 6  # asynchronous reset
+
+
+def test_layer_reductions_follow_the_engine_bench_order():
+    weights = golden.quantize_blocks(torch.randn(5, 32), torch.rand(5, 2) < 0.5)
+    activations = golden.quantize_blocks(torch.randn(3, 32), torch.rand(3, 2) < 0.5)
+    reductions = layer_reductions(weights, activations, 2)
+    assert len(reductions) == 3 * 3  # groups of rows (0, 1), (2, 3), (4, 4), each once per token
+    last = reductions[-1]
+    assert torch.equal(last.weights.codes, weights.codes[[4, 4]])
+    assert torch.equal(last.activation.codes, activations.codes[[2]])
+    assert torch.equal(reductions[1].activation.codes, activations.codes[[1]])
+    with pytest.raises(ValueError, match="Weights have 2 blocks per row, activations 1"):
+        layer_reductions(weights, golden.quantize_blocks(torch.randn(3, 16), torch.zeros(3, 1, dtype=torch.bool)), 2)
+
+
+@pytest.fixture(scope="module")
+def small_energy(tmp_path_factory):
+    """A 1-lane FGMP unit with 2-element blocks on random reductions and on reductions of the same shapes
+    whose blocks are all the same zero block: the second must switch far less."""
+    params = {"lanes": 1, "block_size": 2, "max_blocks": 8}
+    active = random_reductions(lanes=1, formats=("nvfp4", "fp8"), block_size=2, count=30, max_blocks=6, seed=3)
+    quiet = [type(r)(weights=_zeroed(r.weights), activation=_zeroed(r.activation)) for r in active]
+    return measure_energy(params, {"active": active, "quiet": quiet}, tmp_path_factory.mktemp("energy"))
+
+
+def _zeroed(bt):
+    """Every element +0, every scale 1.0, every block FP8: nothing on the datapath changes between blocks."""
+    return type(bt)(codes=torch.zeros_like(bt.codes), scales=torch.full_like(bt.scales, 0x38),
+                    precision=torch.ones_like(bt.precision), global_scale=bt.global_scale)
+
+
+@pytest.mark.cocotb
+def test_energy_proxy_weights_every_group_and_tracks_switching(small_energy):
+    active, quiet = small_energy
+    assert active.block_pairs == quiet.block_pairs > 30 and active.cycles >= active.block_pairs
+    expected = {"decoders", "multipliers", "adder tree", "scale path", "accumulator", "FP32 conversion",
+                "pipeline registers", "control"}
+    assert set(active.groups) == expected
+    for group in active.groups.values():
+        assert group["transistors"] > 0 and group["activity"] >= 0
+        assert group["energy"] == pytest.approx(group["activity"] * group["transistors"])
+    assert active.energy == pytest.approx(sum(g["energy"] for g in active.groups.values()))
+    # Constant zero blocks leave the datapath still; control, the first / last markers and the block
+    # counter (in the accumulator group) switch whatever the data.
+    for group in ("decoders", "multipliers", "adder tree", "scale path", "FP32 conversion"):
+        assert quiet.groups[group]["activity"] < 0.1 * active.groups[group]["activity"]
+    assert quiet.energy < 0.2 * active.energy
+
+
+def test_energy_proxy_rejects_an_area_without_the_breakdown():
+    class Area:
+        target = "ecp5"
+
+        def group_transistor_estimates(self):
+            return {}
+
+    activity = Activity(toggles={"acc0": 1}, bits={"acc0": 1}, cycles=1, block_pairs=1)
+    with pytest.raises(ValueError, match="needs the generic target's per-group transistor counts"):
+        energy_proxy("x", activity, Area())
+
+
+@pytest.fixture(scope="module")
+def calibration_setup():
+    from fgmp.quantize import prepare
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield prepare(None, calib_samples=2, eval_samples=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_layer_cases_are_the_units_inputs(calibration_setup):
+    from fgmp.e2e import capture_layer_input
+    from fgmp.golden.policy import build_plan
+
+    name = "blocks.0.mlp.up_proj"
+    plan = build_plan(calibration_setup.calibration, policy="fgmp", fp8_fraction=0.3)
+    x = capture_layer_input(calibration_setup, plan, name, 3)
+    mixed = fgmp_case("FGMP", plan, name, x)
+    want = golden.quantize_activations(x, plan.activations[name].config).blocks
+    assert torch.equal(mixed.activations.codes, want.codes) and torch.equal(mixed.weights.codes,
+                                                                           plan.weights[name].codes)
+    assert 0 < mixed.weight_fp8 < 1
+    fp8 = uniform_case("FP8-only", calibration_setup.calibration, name, x, "fp8")
+    assert fp8.unit == "FP8-only" and fp8.weight_fp8 == fp8.activation_fp8 == 1.0
+    fp4 = uniform_case("FP4-only", calibration_setup.calibration, name, x, "nvfp4")
+    assert fp4.unit == "FP4-only" and fp4.weight_fp8 == fp4.activation_fp8 == 0.0
+    # Same inputs: FP8 blocks of the layer input dequantize to within FP8's resolution of x.
+    assert torch.allclose(golden.dequantize(fp8.activations), x.float(), rtol=2 ** -3, atol=1e-6)
