@@ -2,11 +2,15 @@
 
 from pathlib import Path
 
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
 from fgmp.hw import E2M1, E4M3, UE4M3, Decoder
 from fgmp.hw.verilog import write_verilog
 from .runner import run_bench
 
-__all__ = ["DECODER_FORMATS", "decoder_top", "run_decoder_bench"]
+__all__ = ["DECODER_FORMATS", "DecoderBank", "decoder_top", "run_decoder_bench", "run_decoder_bank_bench"]
 
 DECODER_FORMATS = {fmt.name: fmt for fmt in (E2M1, E4M3, UE4M3)}
 
@@ -29,4 +33,32 @@ def run_decoder_bench(format_name, simulator, build_root):
         test_module="fgmp.sim.decoder_bench",
         build_dir=build_dir,
         extra_env={"FGMP_FORMAT": format_name},
+        testcases=["every_code_matches_golden"],
     )
+
+
+class DecoderBank(wiring.Component):
+    """Every decoder side by side (ports ``<format>_code`` / ``<format>_decoded``): one simulator build
+    checks all formats, which saves two Verilator builds per test run."""
+
+    def __init__(self):
+        super().__init__({port: signature for name, fmt in DECODER_FORMATS.items() for port, signature in (
+            (f"{name}_code", In(fmt.code_bits)), (f"{name}_decoded", Out(fmt.decoded_layout)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        for name, fmt in DECODER_FORMATS.items():
+            m.submodules[name] = decoder = Decoder(format=fmt)
+            m.d.comb += [decoder.code.eq(getattr(self, f"{name}_code")),
+                         getattr(self, f"{name}_decoded").eq(decoder.decoded)]
+        return m
+
+
+def run_decoder_bank_bench(simulator, build_root):
+    """Every code of every format through one build of the DecoderBank; the BenchResult's reports come
+    in DECODER_FORMATS order, one per format."""
+    top = "fgmp_decoders"
+    build_dir = Path(build_root) / simulator / top
+    source = write_verilog(DecoderBank(), top, build_dir)
+    return run_bench(simulator=simulator, sources=[source], top=top, test_module="fgmp.sim.decoder_bench",
+                     build_dir=build_dir, testcases=["every_code_of_every_format"])
