@@ -39,13 +39,14 @@ def prepare(model=None, *, calib=None, eval_text=None, seq_len=256, calib_sample
     lm = load_model(model, device=device)
     if seq_len < 1 or seq_len + 1 > lm.context + 1:
         raise ValueError(f"Sequence length {seq_len} must be between 1 and the model's context {lm.context}")
+    # Layer shapes are checked before the text is read and tokenized: a model the unit cannot run fails fast.
+    layers = select_linear_layers(lm.model, include=include, exclude=exclude)
     if calib is None or eval_text is None:
         corpus = default_corpus()
     calib_text = read_text(calib) if calib is not None else corpus.train
     held_out = read_text(eval_text) if eval_text is not None else corpus.eval
     calib_sequences = token_sequences(lm.encode(calib_text), seq_len, count=calib_samples, seed=seed)
     eval_sequences = token_sequences(lm.encode(held_out), seq_len, count=eval_samples, seed=seed + 1)
-    layers = select_linear_layers(lm.model, include=include, exclude=exclude)
     start = time.perf_counter()
     calibration = calibrate(lm.model, list(calib_sequences), lambda model, s: sequence_loss(lm, s.unsqueeze(0)),
                             layers, progress=progress)

@@ -54,3 +54,22 @@ def test_e2e_missing_simulator_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert main(["e2e", *FAST, "--layer", "blocks.0.attn.q_proj", "--tokens", "1", "--simulator", "icarus",
                  "--out", str(tmp_path)]) == 2
     assert "iverilog" in capsys.readouterr().err
+
+
+def test_e2e_layer_shapes_not_divisible_by_the_block_size_are_a_clear_error(tmp_path, capsys):
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path / "odd-llama"
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(hidden_size=40, intermediate_size=80, num_hidden_layers=1, num_attention_heads=4,
+                                 num_key_value_heads=4, vocab_size=300, max_position_embeddings=512,
+                                 bos_token_id=256, eos_token_id=257)).save_pretrained(path)
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab.update({"<s>": 256, "</s>": 257, "<unk>": 258})
+    tok = Tokenizer(tok_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                            unk_token="<unk>").save_pretrained(path)
+    assert main(["e2e", *FAST, "--model", str(path), "--simulator", "icarus", "--out", str(tmp_path / "out")]) == 2
+    assert "has 40 input features, not a multiple of the block size 16" in capsys.readouterr().err
