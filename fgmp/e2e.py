@@ -66,7 +66,7 @@ def _run(args):
     from fgmp.golden.policy import build_plan, export_layer
     from fgmp.quantize import FP8_BITS, HEADER, evaluate, prepare, row_line
     from fgmp.sim.layer import run_layer_bench
-    from fgmp.toolchain import require_iverilog, verilator_root
+    from fgmp.toolchain import ToolchainError, require_iverilog, verilator_root
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -75,8 +75,13 @@ def _run(args):
     # A missing simulator should stop the run before minutes of calibration, not after.
     if args.simulator == "icarus":
         require_iverilog()
-    if args.simulator == "verilator" or args.energy:  # toggle counting is Verilator's
+    if args.simulator == "verilator":
         verilator_root()
+    elif args.energy:  # toggle counting is Verilator's
+        try:
+            verilator_root()
+        except ToolchainError as error:
+            raise ToolchainError(f"{error} (the energy proxy needs Verilator; --no-energy skips it)") from None
     if args.energy_lanes < 1:
         raise ValueError(f"--energy-lanes must be at least 1, not {args.energy_lanes}")
     out = Path(args.out)
@@ -117,16 +122,22 @@ def _run(args):
     print(f"\nweight memory: {fgmp_row['bits_per_weight']:.3f} bits per weight vs {FP8_BITS:.3f} all-FP8 "
           f"({memory:+.1f} %); perplexity {100 * (fgmp_row['perplexity'] / rows[0]['perplexity'] - 1):+.2f} % "
           "vs all-FP8")
-    energy = _energy(args, setup, plan, activations, out) if args.energy else None
     paths = _plots(plan, args.layer, out)
     summary = {"model": setup.lm.name, "layer": args.layer, "simulator": args.simulator, "lanes": args.lanes,
                "bench": report, "simulation_seconds": seconds, "perplexity": rows,
                "bits_per_weight": {"fgmp": fgmp_row["bits_per_weight"], "fp8": FP8_BITS},
-               "weight_memory_vs_fp8_percent": memory, "energy": energy}
-    (out / "e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "e2e.md").write_text(_markdown(summary))
+               "weight_memory_vs_fp8_percent": memory, "energy": None}
+    _write_reports(summary, out)  # before the energy runs: a failure there keeps the results so far
+    if args.energy:
+        summary["energy"] = _energy(args, setup, plan, activations, out)
+        _write_reports(summary, out)
     print("wrote " + ", ".join(str(p) for p in [out / "e2e.json", out / "e2e.md", layer_dir, *paths]))
     return 0 if report["mismatches"] == 0 else 1
+
+
+def _write_reports(summary, out):
+    (out / "e2e.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "e2e.md").write_text(_markdown(summary))
 
 
 def _energy(args, setup, plan, activations, out):
@@ -171,11 +182,17 @@ def _markdown(summary):
 def _run_reporting_errors(args):
     from fgmp.toolchain import ToolchainError
 
+    from fgmp.flow.tools import FlowError
+    from fgmp.sim.runner import BenchFailure
+
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, ToolchainError) as error:
         print(f"fgmp: error: {error}", file=sys.stderr)
         return 2
+    except (BenchFailure, FlowError) as error:  # a simulation or synthesis that failed, not a usage error
+        print(f"fgmp: error: {error}", file=sys.stderr)
+        return 1
 
 
 def add_commands(commands):

@@ -23,6 +23,7 @@ import torch
 from fgmp.flow.area import synthesize
 from fgmp.flow.groups import CONTROL, GROUP_RULES, name_group
 from fgmp.flow.units import make_unit
+from fgmp.hw.pipeline import check_count
 from fgmp.sim.activity import run_dot_activity
 from fgmp.sim.dot_stimuli import Reduction
 
@@ -41,10 +42,11 @@ def layer_reductions(weights, activations, lanes):
     """The reductions the engine bench streams for a layer: output channels in groups of ``lanes``
     (a short last group repeats its last row), each group once per token. ``weights``: BlockTensor
     (M, K); ``activations``: BlockTensor (T, K) as the activation unit emits them."""
-    out_features, tokens = weights.codes.shape[0], activations.codes.shape[0]
+    check_count("Lanes", lanes, 1)
     if weights.codes.shape[1:] != activations.codes.shape[1:]:
-        raise ValueError(f"Weights have {weights.codes.shape[1]} blocks per row, activations "
-                         f"{activations.codes.shape[1]}")
+        raise ValueError(f"Weights are in blocks of shape {tuple(weights.codes.shape[1:])} per row, activations "
+                         f"{tuple(activations.codes.shape[1:])}")
+    out_features, tokens = weights.codes.shape[0], activations.codes.shape[0]
     reductions = []
     for group in range(0, out_features, lanes):
         rows = torch.tensor([min(group + lane, out_features - 1) for lane in range(lanes)])
@@ -59,17 +61,29 @@ def _rows(bt, rows):
                     global_scale=bt.global_scale)
 
 
-def group_activity(activity, kind="dot"):
-    """{group: (transitions, bits)} over the named signals of an Activity; Amaranth's anonymous wires
-    (``$12``) belong to no group and are left out."""
+# Names with no gates behind them: the top's input ports (synthesis gives them no cells) and the clock
+# and reset nets (the clock tree is outside the proxy).
+_UNDRIVEN = re.compile(r"^(i__|clk$|rst$)")
+# Amaranth names the parent-side wires of the first decoder instance after its ports.
+_DECODER_PORT = re.compile(r"^(code|decoded)(\.|$)")
+
+
+def group_activity(activity, *, kind="dot"):
+    """{group: (transitions, bits)} over the named signals of an Activity. Amaranth's anonymous wires
+    (``$12``) belong to no group and are left out, so are the names in ``_UNDRIVEN``; a struct signal
+    whose fields have their own wires (``o__payload`` and ``o__payload.results[0]``) is counted once,
+    through its fields."""
+    if kind not in GROUP_RULES:
+        raise ValueError(f"Unknown unit kind {kind!r}; choose from {', '.join(GROUP_RULES)}")
+    names = {_unescape(raw): raw for raw in activity.toggles}
+    leaves = [name for name in names if "$" not in name and not _UNDRIVEN.search(name)
+              and not any(other.startswith((name + ".", name + "[")) for other in names)]
     totals = {}
-    for raw, toggles in activity.toggles.items():
-        name = _unescape(raw)
-        if "$" in name:
-            continue
-        group = name_group(name, GROUP_RULES[kind]) or CONTROL
+    for name in leaves:
+        raw = names[name]
+        group = name_group(name, GROUP_RULES[kind]) or ("decoders" if _DECODER_PORT.search(name) else CONTROL)
         transitions, bits = totals.get(group, (0, 0))
-        totals[group] = (transitions + toggles, bits + activity.bits[raw])
+        totals[group] = (transitions + activity.toggles[raw], bits + activity.bits[raw])
     return totals
 
 
@@ -94,6 +108,8 @@ def energy_proxy(label, activity, area):
     """EnergyResult of an Activity weighted by an AreaResult (generic target, with its breakdown) of the
     same unit. A group with area but no named signal, or the reverse, is an error: the two views of the
     unit must agree."""
+    if activity.block_pairs < 1:
+        raise ValueError(f"The activity of {label} covers no block pair")
     sizes = area.group_transistor_estimates() if area.target == "generic" else {}
     if not sizes:
         raise ValueError("The energy proxy needs the generic target's per-group transistor counts")
@@ -118,8 +134,8 @@ def measure_energy(unit_params, runs, out, *, reuse=True):
     unit = make_unit("dot", **unit_params)
     area = synthesize(unit, "generic", Path(out) / "area" / unit.slug, reuse=reuse)
     results = []
-    for index, (label, reductions) in enumerate(runs.items()):
-        activity = run_dot_activity(unit.params, reductions, Path(out) / "sim", rebuild=index == 0)
+    for label, reductions in runs.items():
+        activity = run_dot_activity(unit.params, reductions, Path(out) / "sim")
         results.append(energy_proxy(label, activity, area))
     return results
 
@@ -164,6 +180,8 @@ def uniform_case(label, calibration, name, x, precision):
     from fgmp.golden import quantize_blocks
     from fgmp.golden.policy import build_plan
 
+    if precision not in ("fp8", "nvfp4"):
+        raise ValueError(f"Precision must be 'fp8' or 'nvfp4', not {precision!r}")
     plan = build_plan(calibration, policy=precision, clipping=False)
     weights = plan.weights[name]
     activations = quantize_blocks(x, torch.full((x.shape[0], x.shape[1] // weights.block_size),
@@ -184,11 +202,13 @@ def measure_layer(cases, *, lanes, out, pipeline_stages=1, reuse=True):
     return [results[case.label] for case in cases]
 
 
-def energy_rows(measured, baseline="FP8-only"):
+def energy_rows(measured, *, baseline="FP8-only"):
     """Table rows (dicts) with each point's energy relative to the first case of the ``baseline`` unit."""
     reference = next((r.energy for case, r in measured if case.unit == baseline), None)
+    if reference is None:
+        raise ValueError(f"No {baseline} case to compare with")
     return [{"label": case.label, "unit": case.unit, "weight_fp8": case.weight_fp8,
              "activation_fp8": case.activation_fp8, "block_pairs": result.block_pairs,
              "energy_per_block_pair": result.energy,
-             "vs_baseline": None if reference is None else result.energy / reference,
+             "vs_baseline": result.energy / reference,
              "groups": result.groups} for case, result in measured]

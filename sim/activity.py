@@ -1,8 +1,9 @@
 """Switching activity of the dot unit on given reductions, from Verilator's toggle coverage.
 
 Built with ``--coverage-toggle``, the Verilator model counts the transitions of every bit of every
-signal the generated Verilog declares; cocotb's Verilator main writes the counts to ``coverage.dat``
-when the simulation ends. The run is the dot bench's ``given_reductions`` test, so every output of an
+signal the generated Verilog declares (``--coverage-max-width`` raised from its default of 256 bits,
+beyond which Verilator would leave a signal out silently); cocotb's Verilator main writes the counts
+to ``coverage.dat`` when the simulation ends. The run is the dot bench's ``given_reductions`` test, so every output of an
 activity run is also checked bit for bit against golden.
 """
 
@@ -23,6 +24,7 @@ __all__ = ["Activity", "read_toggles", "run_dot_activity"]
 
 # One coverage point: fields separated by \x01, key and value by \x02, then the count.
 _POINT = re.compile(r"^C '(?P<fields>[^']*)' (?P<count>\d+)$")
+_MAX_WIDTH = 1 << 16
 _BIT = re.compile(r"^(?P<name>.+?)(?:\[(?P<bit>\d+)\])?(?::.*)?$")
 
 
@@ -59,13 +61,14 @@ def read_toggles(path, top):
     return toggles, {name: len(bits) for name, bits in bit_sets.items()}
 
 
-def run_dot_activity(unit_params, reductions, build_root, *, rebuild=True, seed=1):
+def run_dot_activity(unit_params, reductions, build_root, *, seed=1):
     """Stream ``reductions`` (sim.dot_stimuli.Reduction, one weight row per lane) through
-    ``DotUnit(**unit_params)`` on Verilator at full rate; returns the Activity. ``rebuild=False`` reuses
-    a model already built in ``build_root`` for the same unit."""
+    ``DotUnit(**unit_params)`` on Verilator at full rate; returns the Activity. A model already built in
+    ``build_root`` for the same unit is reused (Verilator skips identical output, make the rest)."""
     unit = DotUnit(**unit_params)
     top = dot_top(unit)
-    build_dir = Path(build_root) / "verilator" / f"{top}_p{unit.pipeline_stages}_toggle"
+    build_dir = (Path(build_root) / "verilator" /
+                 f"{top}_b{unit.block_size}_n{unit.max_blocks}_p{unit.pipeline_stages}_toggle")
     source = write_verilog(unit, top, build_dir)
     stimuli = build_dir / "reductions.pt"
     torch.save(reductions_state(reductions), stimuli)
@@ -74,7 +77,7 @@ def run_dot_activity(unit_params, reductions, build_root, *, rebuild=True, seed=
     config = {"unit": {**unit_params, "formats": list(unit.formats)}, "reductions": str(stimuli), "seed": seed}
     result = run_bench(simulator="verilator", sources=[source], top=top, test_module="fgmp.sim.dot_bench",
                        build_dir=build_dir, extra_env={"FGMP_DOT_BENCH": json.dumps(config)},
-                       testcases=["given_reductions"], build_args=["--coverage-toggle"], rebuild=rebuild)
+                       testcases=["given_reductions"], build_args=["--coverage-toggle", "--coverage-max-width", str(_MAX_WIDTH)])
     if not coverage.exists():
         raise FileNotFoundError(f"Verilator wrote no toggle coverage to {coverage}")
     toggles, bits = read_toggles(coverage, top)

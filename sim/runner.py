@@ -46,12 +46,10 @@ def _prepare(simulator):
         raise ValueError(f"Simulator must be one of {', '.join(SIMULATORS)}, not {simulator!r}")
 
 
-def run_bench(*, simulator, sources, top, test_module, build_dir, extra_env=None, testcases=None, build_args=(),
-              rebuild=True):
+def run_bench(*, simulator, sources, top, test_module, build_dir, extra_env=None, testcases=None, build_args=()):
     """Build ``sources`` with ``top`` as toplevel and run ``test_module`` (only ``testcases`` if given);
     raise BenchFailure unless every selected cocotb test ran and passed. The benches' scoreboard reports
-    come back in ``BenchResult.reports``. ``build_args`` go to the simulator's compiler as they are;
-    ``rebuild=False`` keeps a build that is up to date with the sources."""
+    come back in ``BenchResult.reports``. ``build_args`` go to the simulator's compiler as they are."""
     _prepare(simulator)
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +66,7 @@ def run_bench(*, simulator, sources, top, test_module, build_dir, extra_env=None
         hdl_toplevel=top,
         build_dir=build_dir,
         timescale=("1ns", "1ps"),
-        always=rebuild,
+        always=True,
         log_file=build_dir / "build.log",
     )
     runner.test(

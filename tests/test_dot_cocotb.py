@@ -24,10 +24,11 @@ EXHAUSTIVE_PAIRS = {"fgmp": 256 * 256 + 16 * 16 + 2 * 16 * 256, "nvfp4": 16 * 16
 CASES = [(name, simulator) for name, (_, _, simulators) in CONFIGURATIONS.items() for simulator in simulators]
 
 
-def test_every_simulator_runs_the_exhaustive_mixed_suite():
+def test_every_simulator_runs_the_exhaustive_fgmp_and_fp4_suites():
     for simulator in SIMULATORS:
-        assert any(name.startswith("fgmp") and "exhaustive" in CONFIGURATIONS[name][1] for name, sim in CASES
-                   if sim == simulator)
+        for variant in ("fgmp", "nvfp4"):
+            assert any(name.startswith(variant) and "exhaustive" in CONFIGURATIONS[name][1]
+                       for name, sim in CASES if sim == simulator)
 
 
 @pytest.mark.cocotb

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fgmp import golden
-from fgmp.energy import energy_proxy, fgmp_case, group_activity, layer_reductions, measure_energy, uniform_case
+from fgmp.energy import (energy_proxy, energy_rows, fgmp_case, group_activity, layer_reductions, measure_energy,
+                         uniform_case)
 from fgmp.flow.area import flip_flop_transistors
 from fgmp.sim.activity import Activity, read_toggles
 from fgmp.sim.dot_stimuli import random_reductions
@@ -34,14 +35,21 @@ def test_read_toggles_sums_bits_and_directions_per_signal(tmp_path):
     assert bits == {"acc0": 2, "start": 1, "x0_e4m3.code": 1}
 
 
-def test_group_activity_follows_the_synthesis_groups_and_skips_anonymous_wires():
-    activity = Activity(toggles={"acc0": 10, "p0_3": 6, "x0_e4m3__02ecode": 4, "__024101": 50, "t0_l1_0": 2,
-                                 "unnamed_thing": 1},
-                        bits={"acc0": 5, "p0_3": 3, "x0_e4m3__02ecode": 8, "__024101": 4, "t0_l1_0": 2,
-                              "unnamed_thing": 1},
+def test_group_activity_follows_the_synthesis_groups_and_skips_what_has_no_gates():
+    names = {
+        "acc0": (10, 5), "p0_3": (6, 3), "x0_e4m3__02ecode": (4, 8), "t0_l1_0": (2, 2), "unnamed_thing": (1, 1),
+        "__024101": (50, 4),  # an anonymous Amaranth wire
+        "i__payload__02eactivation": (99, 9), "clk": (20, 1), "rst": (1, 1),  # inputs, clock and reset
+        "o__payload": (30, 6), "o__payload__02eresults__05b0__05d": (12, 3),  # a struct and its field
+        "o__payload__02eoverflow": (1, 1),
+        "decoded__02eexponent": (7, 4),  # the parent-side copy of the first decoder's port
+    }
+    activity = Activity(toggles={n: t for n, (t, _) in names.items()}, bits={n: b for n, (_, b) in names.items()},
                         cycles=10, block_pairs=8)
-    assert group_activity(activity) == {"accumulator": (10, 5), "multipliers": (6, 3), "decoders": (4, 8),
-                                        "adder tree": (2, 2), "control": (1, 1)}
+    assert group_activity(activity) == {"accumulator": (10, 5), "multipliers": (6, 3), "decoders": (4 + 7, 8 + 4),
+                                        "adder tree": (2, 2), "control": (1, 1), "FP32 conversion": (12 + 1, 3 + 1)}
+    with pytest.raises(ValueError, match="Unknown unit kind 'alu'; choose from dot, actq, engine, decoder"):
+        group_activity(activity, kind="alu")
 
 
 def test_flip_flops_that_yosys_does_not_price_are_priced_at_its_gate_costs():
@@ -61,8 +69,12 @@ def test_layer_reductions_follow_the_engine_bench_order():
     assert torch.equal(last.weights.codes, weights.codes[[4, 4]])
     assert torch.equal(last.activation.codes, activations.codes[[2]])
     assert torch.equal(reductions[1].activation.codes, activations.codes[[1]])
-    with pytest.raises(ValueError, match="Weights have 2 blocks per row, activations 1"):
+    with pytest.raises(ValueError, match=r"Weights are in blocks of shape \(2, 16\) per row, activations \(1, 16\)"):
         layer_reductions(weights, golden.quantize_blocks(torch.randn(3, 16), torch.zeros(3, 1, dtype=torch.bool)), 2)
+    with pytest.raises(ValueError, match="Lanes must be at least 1, not 0"):
+        layer_reductions(weights, activations, 0)
+    with pytest.raises(TypeError, match="Lanes must be an integer, not 2.0"):
+        layer_reductions(weights, activations, 2.0)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +121,13 @@ def test_energy_proxy_rejects_an_area_without_the_breakdown():
     activity = Activity(toggles={"acc0": 1}, bits={"acc0": 1}, cycles=1, block_pairs=1)
     with pytest.raises(ValueError, match="needs the generic target's per-group transistor counts"):
         energy_proxy("x", activity, Area())
+    with pytest.raises(ValueError, match="The activity of x covers no block pair"):
+        energy_proxy("x", Activity(toggles={}, bits={}, cycles=3, block_pairs=0), Area())
+
+
+def test_energy_rows_need_their_baseline():
+    with pytest.raises(ValueError, match="No FP8-only case to compare with"):
+        energy_rows([])
 
 
 @pytest.fixture(scope="module")
@@ -139,5 +158,7 @@ def test_layer_cases_are_the_units_inputs(calibration_setup):
     assert fp8.unit == "FP8-only" and fp8.weight_fp8 == fp8.activation_fp8 == 1.0
     fp4 = uniform_case("FP4-only", calibration_setup.calibration, name, x, "nvfp4")
     assert fp4.unit == "FP4-only" and fp4.weight_fp8 == fp4.activation_fp8 == 0.0
+    with pytest.raises(ValueError, match="Precision must be 'fp8' or 'nvfp4', not 'fp16'"):
+        uniform_case("x", calibration_setup.calibration, name, x, "fp16")
     # Same inputs: FP8 blocks of the layer input dequantize to within FP8's resolution of x.
     assert torch.allclose(golden.dequantize(fp8.activations), x.float(), rtol=2 ** -3, atol=1e-6)

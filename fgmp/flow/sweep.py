@@ -29,6 +29,12 @@ def compare_configs(lanes, *, block_size=16, max_blocks=1024, pipeline_stages=1,
     return configs
 
 
+def _validate(kind, params):
+    """Build the unit to check its parameters before any tool runs; it is never elaborated, so silence
+    Amaranth's warning about an unused elaboratable."""
+    make_unit(kind, **params).component._MustUse__silence = True
+
+
 def _area_point(kind, params, target, out, reuse):
     unit = make_unit(kind, **params)
     return synthesize(unit, target, Path(out) / unit.slug / target, reuse=reuse)
@@ -61,7 +67,7 @@ def _run(function, points, jobs, progress):
 def area_sweep(configs, targets, out, *, reuse=False, jobs=1, progress=lambda result: None):
     """AreaResults of every (config, target), configs as (kind, params) pairs; validated up front."""
     for kind, params in configs:
-        make_unit(kind, **params)
+        _validate(kind, params)
     points = [(kind, params, target, out, reuse) for kind, params in configs for target in targets]
     return _run(_area_point, points, jobs, progress)
 
@@ -69,6 +75,6 @@ def area_sweep(configs, targets, out, *, reuse=False, jobs=1, progress=lambda re
 def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, progress=lambda result: None):
     """TimingResults of every (config, part); a point that does not fit has no Fmax and says why."""
     for kind, params in configs:
-        make_unit(kind, **params)
+        _validate(kind, params)
     points = [(kind, params, part, out, freq, reuse) for kind, params in configs for part in parts]
     return _run(_timing_point, points, jobs, progress)
