@@ -88,7 +88,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--targets", nargs="+", default=["generic", "ice40", "ecp5", "ecp5-nodsp"])
-    parser.add_argument("--max-channels", type=int, default=4096, help="the activation unit's table")
+    parser.add_argument("--max-channels", type=int, default=1024,
+                        help="the activation unit's table (C x 8 bits, as flip-flops; Yosys's generic run of C = 4096 was "
+                             "still going after 7 minutes)")
     parser.add_argument("--timing-lanes", type=int, default=1, help="lanes of the per-depth timing sweep")
     parser.add_argument("--goal-lanes", type=int, default=4,
                         help="lanes of the unit the 100 MHz goal is about (placed once, at the deepest pipeline)")
