@@ -96,6 +96,8 @@ def main(argv=None):
                         help="lanes of the unit the 100 MHz goal is about (placed once, at the deepest pipeline)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--no-timing", dest="timing", action="store_false")
+    parser.add_argument("--no-actq-timing", dest="actq_timing", action="store_false",
+                        help="leave the activation unit and the engine out of place and route (the slowest points)")
     parser.add_argument("--ice40", nargs="+", default=["ice40-up5k", "ice40-hx8k"], help="iCE40 parts for L=1")
     parser.add_argument("--bitstream", action="store_true", help="also build the 1-lane ULX3S-85F self-test")
     parser.add_argument("--jobs", type=int, default=1)
@@ -124,8 +126,9 @@ def main(argv=None):
         if args.goal_lanes != args.timing_lanes:  # one point at the goal's lane count, deepest pipeline
             ecp5 += [("dot", {"lanes": args.goal_lanes, "pipeline_stages": max(args.stages),
                               "formats": VARIANTS["FGMP"]})]
-        ecp5 += [("actq", {"max_channels": args.max_channels}), ("engine", {"lanes": 1}),
-                 ("decoder", {"format": "e4m3"})]
+        if args.actq_timing:
+            ecp5 += [("actq", {"max_channels": args.max_channels}), ("engine", {"lanes": 1})]
+        ecp5 += [("decoder", {"format": "e4m3"})]
         timing += timing_sweep(ecp5, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
                                progress=log)
         ice40 = [("dot", {"lanes": 1, "pipeline_stages": 1, "formats": f}) for f in VARIANTS.values()]
