@@ -76,6 +76,8 @@ def _area_section(results, lanes):
                   f"`{actq_unit}` (one per engine, whatever L). \"of which table\" is the sensitivity table "
                   "(C/B rows of B UE4M3 codes, asynchronous read); it is storage, and grows with C.", "",
                   markdown(overhead), ""]
+    if not actq:
+        lines += ["The activation unit is not in this run (`--no-actq`): its overhead is not measured here.", ""]
     count = 4 if 4 in lanes else lanes[-1]
     lines += [f"### By submodule, L = {count}", "",
               "Each submodule synthesized as its own module (see \"Breakdown by submodule\" above); "
@@ -96,6 +98,8 @@ def main(argv=None):
                         help="lanes of the unit the 100 MHz goal is about (placed once, at the deepest pipeline)")
     parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--no-timing", dest="timing", action="store_false")
+    parser.add_argument("--no-actq", dest="actq", action="store_false",
+                        help="leave the activation unit out of the area comparison (its Yosys runs take the longest)")
     parser.add_argument("--no-actq-timing", dest="actq_timing", action="store_false",
                         help="leave the activation unit and the engine out of place and route (the slowest points)")
     parser.add_argument("--ice40", nargs="+", default=["ice40-up5k", "ice40-hx8k"], help="iCE40 parts for L=1")
@@ -109,7 +113,7 @@ def main(argv=None):
     start = time.perf_counter()
     log = lambda r: print(f"  {r.unit} / {getattr(r, 'target', getattr(r, 'part', ''))}: "
                           f"{getattr(r, 'summary', None) or getattr(r, 'fmax_mhz', '')}", flush=True)
-    configs = compare_configs(args.lanes, max_channels=args.max_channels)
+    configs = compare_configs(args.lanes, max_channels=args.max_channels, actq=args.actq)
     area = area_sweep(configs, args.targets, args.out / "area", reuse=args.reuse, jobs=args.jobs, progress=log)
     dots = [r for r in area if " dot " in r.unit]
     plot_breakdown([r for r in dots if r.target in ("generic", "ecp5-nodsp")], ROOT / "docs/area.png",
