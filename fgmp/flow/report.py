@@ -25,7 +25,7 @@ def _cell(value):
 
 def markdown(t):
     lines = ["| " + " | ".join(t["header"]) + " |", "|" + "---|" * len(t["header"])]
-    lines += ["| " + " | ".join(row) + " |" for row in t["rows"]]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in t["rows"]]
     return "\n".join(lines)
 
 
@@ -122,9 +122,12 @@ def timing_table(results):
     rows = []
     for r in results:
         if r.fmax_mhz is None:
-            reason = r.error.split(": it needs ")[-1] if ": it needs " in r.error else r.error.splitlines()[0]
-            rows.append([r.unit, r.part, r.pipeline_stages, "does not fit", "", "", f"needs {reason}", "", "", "",
-                         "", ""])
+            if ": it needs " in r.error:  # the flow's capacity check, before place and route
+                reason = "needs " + r.error.split(": it needs ")[-1]
+            else:  # nextpnr's own words, on the line after the flow's
+                lines = r.error.splitlines()
+                reason = "nextpnr: " + (lines[1] if len(lines) > 1 else lines[0]).removeprefix("ERROR: ")
+            rows.append([r.unit, r.part, r.pipeline_stages, "does not fit", "", "", reason, "", "", "", "", ""])
             continue
         used = lambda k: f"{r.utilization[k][0]} / {r.utilization[k][1]}" if k in r.utilization else ""
         logic = "LUT4" if "LUT4" in r.utilization else "LC"

@@ -53,7 +53,7 @@ _RESOURCES = {"TRELLIS_COMB": "LUT4", "TRELLIS_FF": "FF", "MULT18X18D": "MULT18X
               "ICESTORM_RAM": "BRAM", "SB_IO": "IO"}
 # nextpnr's words for a design larger than the part (the capacity check before it catches most).
 _NO_FIT = re.compile(r"Design uses .* but|device only has|Unable to place cell|failed to place|"
-                     r"Unable to find legal placement", re.I)
+                     r"Unable to find legal placement|Failed to expand region", re.I)
 
 
 def check_parts(parts):
