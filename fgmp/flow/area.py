@@ -14,7 +14,7 @@ from pathlib import Path
 from fgmp.hw.verilog import write_verilog
 
 from .groups import GROUP_RULES, assign_groups, group_attribute, module_group
-from .tools import FlowError, cache_key, load_cached, run_tool, store_cached
+from .tools import FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
 __all__ = ["TARGETS", "AreaResult", "synthesize", "synthesize_verilog", "check_targets", "summarize",
            "flip_flop_transistors"]
@@ -48,14 +48,7 @@ _FF = re.compile(r"DFF|TRELLIS_FF|^\$_SR_", re.I)
 
 
 def check_targets(targets):
-    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
-        raise TypeError(f"Targets must be a sequence of target names, not {targets!r}")
-    if not targets:
-        raise ValueError("Targets must name at least one of " + ", ".join(TARGETS))
-    for target in targets:
-        if target not in TARGETS:
-            raise ValueError(f"Unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    return tuple(targets)
+    return check_names("Target", targets, TARGETS)
 
 
 @dataclass

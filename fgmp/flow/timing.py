@@ -18,7 +18,7 @@ from .area import summarize
 from .constraints import CONSTRAINTS_DIR, harness_constraints
 from .groups import CONTROL, GROUP_RULES, name_group
 from .harness import TimingHarness
-from .tools import DoesNotFit, FlowError, cache_key, load_cached, run_tool, store_cached
+from .tools import DoesNotFit, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
 __all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit"]
 
@@ -57,14 +57,7 @@ _NO_FIT = re.compile(r"Design uses .* but|device only has|Unable to place cell|f
 
 
 def check_parts(parts):
-    if isinstance(parts, str) or not all(isinstance(p, str) for p in parts):
-        raise TypeError(f"Parts must be a sequence of part names, not {parts!r}")
-    if not parts:
-        raise ValueError("Parts must name at least one of " + ", ".join(PARTS))
-    for part in parts:
-        if part not in PARTS:
-            raise ValueError(f"Unknown part {part!r}; choose from {', '.join(PARTS)}")
-    return tuple(parts)
+    return check_names("Part", parts, PARTS)
 
 
 @dataclass

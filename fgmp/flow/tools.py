@@ -9,7 +9,8 @@ from pathlib import Path
 
 from fgmp.toolchain import ToolchainError
 
-__all__ = ["FlowError", "DoesNotFit", "tool_path", "run_tool", "TOOLS", "cache_key", "load_cached", "store_cached"]
+__all__ = ["FlowError", "DoesNotFit", "tool_path", "run_tool", "TOOLS", "cache_key", "load_cached", "store_cached",
+           "check_names"]
 
 # Where pip put the tools when the venv is used without being activated.
 BIN_DIR = Path(sys.executable).parent
@@ -77,3 +78,15 @@ def load_cached(workdir, key):
 
 def store_cached(workdir, key, data):
     (Path(workdir) / "result.json").write_text(json.dumps({**data, "key": key}, indent=1))
+
+
+def check_names(noun, names, choices):
+    """``names`` as a tuple, each one of ``choices``; ``noun`` ("Target", "Part") starts the messages."""
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{noun}s must be a sequence of {noun.lower()} names, not {names!r}")
+    if not names:
+        raise ValueError(f"{noun}s must name at least one of " + ", ".join(choices))
+    for name in names:
+        if name not in choices:
+            raise ValueError(f"Unknown {noun.lower()} {name!r}; choose from {', '.join(choices)}")
+    return tuple(names)
