@@ -5,7 +5,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import leading_one, normalize, round_ratio
+from .arith import leading_one, normalize, round_ratio, square
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
@@ -102,24 +102,30 @@ class ActivationQuantizer(wiring.Component):
         return self._pipeline_stages + 1
 
     def _decode_scale(self, m, code, name):
-        """A UE4M3 scale as (significand, exponent) normalised for round_ratio, its integer value at LSB
-        2**-9, and whether it is zero."""
+        """A UE4M3 scale as (significand, exponent) normalised for round_ratio, its decoded form, and
+        whether it is zero."""
         m.submodules[name] = decoder = Decoder(format=UE4M3)
         m.d.comb += decoder.code.eq(code)
         exponent = Signal(signed(6), name=f"{name}_e")
         m.d.comb += exponent.eq(decoder.decoded.exponent - (UE4M3.bias + UE4M3.mantissa_bits))
         significand, exponent = normalize(m, decoder.decoded.significand, exponent, f"{name}_n")
-        integer = Signal(18, name=f"{name}_int")
-        m.d.comb += integer.eq(decoder.decoded.significand << (decoder.decoded.exponent - 1).as_unsigned())
-        return significand, exponent, integer, decoder.decoded.zero
+        return significand, exponent, decoder.decoded, decoder.decoded.zero
 
-    def _element_integer(self, m, fmt, code, name):
-        """Signed integer value of an element code: E4M3 at LSB 2**-9, E2M1 at LSB 2**-1."""
+    def _scaled_magnitude(self, m, scale, fmt, code, width, lsb_shift, name):
+        """|scale * element| as an integer of ``width`` bits, ``lsb_shift`` above the product of the two
+        integers (scale at LSB 2**-9, E4M3 at LSB 2**-9, E2M1 at LSB 2**-1).
+
+        The significands are multiplied (4 x 2 or 4 x 4 bits) and the product shifted by both exponents:
+        multiplying the two integer values would build an 18 x 18-bit multiplier per element."""
         m.submodules[name] = decoder = Decoder(format=fmt)
         m.d.comb += decoder.code.eq(code)
-        magnitude = Signal(18, name=f"{name}_mag")
-        m.d.comb += magnitude.eq(decoder.decoded.significand << (decoder.decoded.exponent - 1).as_unsigned())
-        return magnitude, decoder.decoded.sign
+        element = decoder.decoded
+        product = Signal(len(scale.significand) + len(element.significand), name=f"{name}_sig")
+        m.d.comb += product.eq(scale.significand * element.significand)
+        magnitude = Signal(width, name=name)
+        # Decoded exponents are >= 1 (subnormals share the smallest normal one): the shift is >= 0.
+        m.d.comb += magnitude.eq(product << (scale.exponent + element.exponent + (lsb_shift - 2)).as_unsigned())
+        return magnitude
 
     def elaborate(self, platform):
         m = Module()
@@ -216,9 +222,9 @@ class ActivationQuantizer(wiring.Component):
         per_element = flat[:5 * B]
         f_codes = flat[5 * B:]
 
-        # Stage 2: both candidates per element, and D = (s4*q4 - s8*q8) * 2**18.
-        s4_sig, s4_exp, s4_int, s4_zero = self._decode_scale(m, s4, "s4_dec")
-        s8_sig, s8_exp, s8_int, s8_zero = self._decode_scale(m, s8_used, "s8_dec")
+        # Stage 2: both candidates per element, and |D| = |s4*q4 - s8*q8| * 2**18.
+        s4_sig, s4_exp, s4_decoded, s4_zero = self._decode_scale(m, s4, "s4_dec")
+        s8_sig, s8_exp, s8_decoded, s8_zero = self._decode_scale(m, s8_used, "s8_dec")
         q4_codes, q8_codes, deltas = [], [], []
         for i in range(B):
             sign, sig, exp, nan, inf = per_element[5 * i: 5 * i + 5]
@@ -232,14 +238,13 @@ class ActivationQuantizer(wiring.Component):
                 m.d.comb += q8.eq(Cat(Const(_UE4M3_448, 7), sign))
             with m.If(nan):
                 m.d.comb += q8.eq(_E4M3_NAN)
-            v4, v4_sign = self._element_integer(m, E2M1, q4, f"v4_{i}")
-            v8, v8_sign = self._element_integer(m, E4M3, q8, f"v8_{i}")
-            p4 = Signal(signed(32), name=f"p4_{i}")  # at LSB 2**-18
-            p8 = Signal(signed(38), name=f"p8_{i}")
-            m.d.comb += [p4.eq(Mux(v4_sign, -(s4_int * v4 << 8), s4_int * v4 << 8)),
-                         p8.eq(Mux(v8_sign, -(s8_int * v8), s8_int * v8))]
-            delta = Signal(signed(38), name=f"d{i}")
-            m.d.comb += delta.eq(p4 - p8)
+            # Both at LSB 2**-18: s4 * q4 is at 2**-10 before the shift by 8, s8 * q8 at 2**-18. Only |D|
+            # is scored, and q4 and q8 both carry the element's sign or are zero, so |D| is the distance
+            # of the magnitudes (a NaN's q8 has no sign, but its block is forced to FP8, score unused).
+            p4 = self._scaled_magnitude(m, s4_decoded, E2M1, q4, 31, 8, f"p4_{i}")
+            p8 = self._scaled_magnitude(m, s8_decoded, E4M3, q8, 37, 0, f"p8_{i}")
+            delta = Signal(37, name=f"d{i}")
+            m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
             q4_codes.append(q4)
             q8_codes.append(q8)
             deltas.append(delta)
@@ -253,8 +258,7 @@ class ActivationQuantizer(wiring.Component):
         # Stage 3: score terms F * Δ̂² as (mantissa, exponent) pairs.
         terms = []
         for i in range(B):
-            magnitude = Signal(37, name=f"dm{i}")
-            m.d.comb += magnitude.eq(Mux(deltas[i] < 0, -deltas[i], deltas[i]))
+            magnitude = deltas[i]
             msb = leading_one(m, magnitude, f"dm{i}")
             shift = Signal(range(26), name=f"dm{i}_shift")
             m.d.comb += shift.eq(Mux(msb >= _DELTA_BITS, msb - (_DELTA_BITS - 1), 0))
@@ -264,7 +268,7 @@ class ActivationQuantizer(wiring.Component):
             m.d.comb += f_dec.code.eq(f_codes[i])
             term_mantissa = Signal(28, name=f"tm{i}")
             term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
-            m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * mantissa * mantissa),
+            m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * square(m, mantissa, f"dm{i}")),
                          term_exponent.eq(2 * shift + f_dec.decoded.exponent - 1)]
             terms += [term_mantissa, term_exponent]
         stage3 = [s4, s8_used, forced, first, last, *passthrough, *q4_codes, *q8_codes, *terms]

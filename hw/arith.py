@@ -1,11 +1,11 @@
-"""Small combinational building blocks shared by the units: leading-one detection, normalisation, and
-exact round-to-nearest-even of a ratio into a small float format (docs/numerics.md §2)."""
+"""Small combinational building blocks shared by the units: leading-one detection, normalisation,
+restoring division, squaring, and exact round-to-nearest-even of a ratio into a small float format (docs/numerics.md §2)."""
 
 from amaranth import Cat, Const, Mux, Signal, signed
 
 from .formats import Format
 
-__all__ = ["leading_one", "normalize", "round_ratio", "max_code"]
+__all__ = ["leading_one", "normalize", "divide", "square", "round_ratio", "max_code"]
 
 
 def leading_one(m, value, name):
@@ -50,6 +50,43 @@ def max_code(fmt):
     return (1 << fmt.magnitude_bits) - (2 if fmt.has_nan else 1)
 
 
+def divide(m, dividend, divisor, quotient_bits, name):
+    """(quotient, remainder) of ``dividend // divisor`` by restoring division, for a ``dividend`` whose
+    quotient fits ``quotient_bits`` (``dividend >> quotient_bits`` < ``divisor``, so ``divisor`` > 0).
+
+    One compare-and-subtract of the divisor's width per quotient bit gives quotient and remainder
+    together. Yosys maps ``//`` and ``%`` to two separate dividers, each as wide as the dividend at every
+    step: in the activation unit they were most of its area, and merging the pair back was the SAT
+    sweep that kept ABC busy for hours."""
+    width = len(divisor)
+    partial = Signal(width, name=f"{name}_r{quotient_bits}")
+    m.d.comb += partial.eq(dividend >> quotient_bits)
+    bits = []
+    for position in reversed(range(quotient_bits)):
+        trial = Cat(dividend[position] if position < len(dividend) else Const(0, 1), partial)
+        fits = Signal(name=f"{name}_q{position}")
+        m.d.comb += fits.eq(trial >= divisor)
+        partial = Signal(width, name=f"{name}_r{position}")
+        m.d.comb += partial.eq(Mux(fits, trial - divisor, trial))
+        bits.insert(0, fits)
+    quotient = Signal(quotient_bits, name=f"{name}_q")
+    m.d.comb += quotient.eq(Cat(*bits))
+    return quotient, partial
+
+
+def square(m, value, name):
+    """``value * value`` from its distinct partial products: bit i alone at 2i, and each pair i < j once,
+    doubled, at i + j + 1. A multiplier fed the same value twice adds every cross product twice; this
+    sum has about half the partial products (826 instead of 1,296 generic gates for a 12-bit square
+    times a 4-bit factor)."""
+    width = len(value)
+    terms = [value[i] << (2 * i) for i in range(width)]
+    terms += [(value[i] & value[j]) << (i + j + 1) for i in range(width) for j in range(i + 1, width)]
+    result = Signal(2 * width, name=f"{name}_sq")
+    m.d.comb += result.eq(sum(terms))
+    return result
+
+
 def round_ratio(m, num_sig, num_exp, den_sig, den_exp, fmt, name):
     """Magnitude code of RNE_fmt(n / d), saturating, for n = num_sig * 2**num_exp (num_sig 8 bits with its
     top bit set, or 0) and d = den_sig * 2**den_exp (den_sig 4 bits, top bit set).
@@ -62,15 +99,18 @@ def round_ratio(m, num_sig, num_exp, den_sig, den_exp, fmt, name):
     p = fmt.significand_bits
     emin = 1 - fmt.bias
     extra = 4  # quotient bits below the numerator's LSB: Q = num_sig * 16 // den_sig is 136..510
-    dividend = Signal(8 + extra, name=f"{name}_dividend")
-    quotient = Signal(9, name=f"{name}_q")
-    remainder = Signal(4, name=f"{name}_r")
-    m.d.comb += [dividend.eq(num_sig << extra), quotient.eq(dividend // den_sig),
-                 remainder.eq(dividend % den_sig)]
+    quotient, remainder = divide(m, num_sig << extra, den_sig, 9, name)
 
-    exp_width = max(len(num_exp), len(den_exp)) + 3
-    base = Signal(signed(exp_width), name=f"{name}_base")  # value = (Q + R/d) * 2**base
-    m.d.comb += base.eq(num_exp - den_exp - extra)
+    # value = (Q + R/d) * 2**base, and the leading one of Q is at 7 + Q[8]. Every base <= lowest gives the
+    # same code (shift >= 11: all quotient bits below the guard bit), every base >= highest saturates, so
+    # the exponent arithmetic runs on base clamped to that range: a few bits, not the operands' width.
+    lowest = emin - p - 11
+    highest = emin + (max_code(fmt) >> (p - 1)) + 1 - 7
+    unclamped = Signal(signed(max(len(num_exp), len(den_exp)) + 2), name=f"{name}_base_full")
+    m.d.comb += unclamped.eq(num_exp - den_exp - extra)
+    exp_width = max(-lowest, highest + 9).bit_length() + 2
+    base = Signal(signed(exp_width), name=f"{name}_base")
+    m.d.comb += base.eq(Mux(unclamped < lowest, lowest, Mux(unclamped > highest, highest, unclamped)))
     leading = Signal(signed(exp_width), name=f"{name}_e")  # exponent of the leading one
     m.d.comb += leading.eq(base + 7 + quotient[8])
     target = Signal(signed(exp_width), name=f"{name}_target")  # max(leading, emin)

@@ -1,18 +1,19 @@
 """hw/arith.round_ratio (exact RNE of a ratio of significands into E2M1/E4M3/UE4M3, numerics §2) against
 the golden codec: every numerator significand (and 0) against every normalised denominator significand,
-over exponent differences spanning underflow, subnormals, normals and saturation."""
+over exponent differences spanning underflow, subnormals, normals and saturation. The building blocks
+(leading-one detection, restoring division, squaring) against Python integers, exhaustively."""
 
 import random
 
 import pytest
 import torch
-from amaranth import Module, signed
+from amaranth import Cat, Module, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fgmp import golden
-from fgmp.hw.arith import leading_one, max_code, round_ratio
+from fgmp.hw.arith import divide, leading_one, max_code, round_ratio, square
 from fgmp.hw.formats import E2M1, E4M3, UE4M3
 
 
@@ -30,9 +31,9 @@ class _RoundRatio(wiring.Component):
 
 
 @pytest.mark.parametrize("hw_format,golden_format,exponents", [
-    (E2M1, golden.E2M1, range(-14, 4)),
+    (E2M1, golden.E2M1, [*range(-14, 4), -300, 250]),
     (E4M3, golden.E4M3, [*range(-26, 6), -300, 250]),
-    (UE4M3, golden.UE4M3, range(-26, 6)),
+    (UE4M3, golden.UE4M3, [*range(-26, 6), -300, 250]),
 ])
 def test_round_ratio_is_exact_rne(hw_format, golden_format, exponents):
     dut = _RoundRatio(hw_format)
@@ -86,3 +87,52 @@ def test_leading_one_is_the_highest_set_bit(width):
     sim.add_testbench(testbench)
     sim.run()
     assert got == [max(value.bit_length() - 1, 0) for value in values]
+
+
+def _evaluate(dut, inputs, output):
+    """``output`` of a combinational ``dut`` for each dict of port values in ``inputs``."""
+    got = []
+
+    async def testbench(ctx):
+        for values in inputs:
+            for port, value in values.items():
+                ctx.set(getattr(dut, port), value)
+            got.append(ctx.get(getattr(dut, output)))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    return got
+
+
+class _Divide(wiring.Component):
+    def __init__(self):
+        super().__init__({"dividend": In(12), "divisor": In(4), "quotient_remainder": Out(13)})
+
+    def elaborate(self, platform):
+        m = Module()
+        quotient, remainder = divide(m, self.dividend, self.divisor, 9, "div")
+        m.d.comb += self.quotient_remainder.eq(Cat(remainder, quotient))
+        return m
+
+
+def test_divide_gives_quotient_and_remainder_of_every_dividend_whose_quotient_fits():
+    cases = [(n, d) for d in range(1, 16) for n in range(min(d << 9, 1 << 12))]
+    got = _evaluate(_Divide(), [{"dividend": n, "divisor": d} for n, d in cases], "quotient_remainder")
+    assert [(value >> 4, value & 15) for value in got] == [divmod(n, d) for n, d in cases]
+
+
+class _Square(wiring.Component):
+    def __init__(self, width):
+        super().__init__({"value": In(width), "result": Out(2 * width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.result.eq(square(m, self.value, "sq"))
+        return m
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 12])
+def test_square_of_every_value(width):
+    values = range(1 << width)
+    assert _evaluate(_Square(width), [{"value": v} for v in values], "result") == [v * v for v in values]
