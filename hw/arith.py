@@ -1,5 +1,6 @@
 """Small combinational building blocks shared by the units: leading-one detection, normalisation,
-restoring division, squaring, and exact round-to-nearest-even of a ratio into a small float format (docs/numerics.md §2)."""
+restoring division, squaring, and exact round-to-nearest-even of a ratio into a small float format
+(docs/numerics.md §2)."""
 
 from amaranth import Cat, Const, Mux, Signal, signed
 
@@ -56,8 +57,7 @@ def divide(m, dividend, divisor, quotient_bits, name):
 
     One compare-and-subtract of the divisor's width per quotient bit gives quotient and remainder
     together. Yosys maps ``//`` and ``%`` to two separate dividers, each as wide as the dividend at every
-    step: in the activation unit they were most of its area, and merging the pair back was the SAT
-    sweep that kept ABC busy for hours."""
+    step, and leaves ABC to merge the pair (docs/hardware.md, the activation unit)."""
     width = len(divisor)
     partial = Signal(width, name=f"{name}_r{quotient_bits}")
     m.d.comb += partial.eq(dividend >> quotient_bits)
@@ -77,8 +77,8 @@ def divide(m, dividend, divisor, quotient_bits, name):
 def square(m, value, name):
     """``value * value`` from its distinct partial products: bit i alone at 2i, and each pair i < j once,
     doubled, at i + j + 1. A multiplier fed the same value twice adds every cross product twice; this
-    sum has about half the partial products (826 instead of 1,296 generic gates for a 12-bit square
-    times a 4-bit factor)."""
+    sum has about half the partial products (a 4-bit f times a 12-bit square: 826 generic gates, against
+    1,296 for (f * m) * m)."""
     width = len(value)
     terms = [value[i] << (2 * i) for i in range(width)]
     terms += [(value[i] & value[j]) << (i + j + 1) for i in range(width) for j in range(i + 1, width)]

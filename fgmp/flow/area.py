@@ -29,8 +29,8 @@ class Target:
     stat: str = ""  # options of `stat`
 
 
-# ABC's default gate-mapping script without its SAT sweep (&fraig -x), which runs for hours on the
-# activation unit's dividers and multipliers (docs/hardware.md, "How the figures are made").
+# ABC's default gate-mapping script without its SAT sweep (&fraig -x), which multiplies ABC's time on
+# the activation unit for a few percent of its area (docs/hardware.md, "How the figures are made").
 GENERIC_ABC = "strash;dc2;dretime;strash;&get,-n;&dch,-f;&nf;&put"
 
 TARGETS = {
