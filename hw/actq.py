@@ -60,6 +60,9 @@ class ActivationQuantizer(wiring.Component):
         self._max_channels = max_channels
         self._pipeline_stages = pipeline_stages
         self._rows = max_channels // block_size
+        # A one-row table would have a zero-width row address, which Verilog tools reject; the second
+        # row is never read.
+        self._table_depth = max(self._rows, 2)
         self._passthrough = passthrough
         block = block_layout(("nvfp4", "fp8"), block_size)
         in_fields = {"values": data.ArrayLayout(16, block_size), "first": 1, "last": 1}
@@ -68,7 +71,7 @@ class ActivationQuantizer(wiring.Component):
             in_fields["passthrough"] = out_fields["passthrough"] = passthrough
         in_layout, out_layout = data.StructLayout(in_fields), data.StructLayout(out_fields)
         config_layout = data.StructLayout({
-            "table_write": 1, "table_row": range(self._rows), "table_data": data.ArrayLayout(8, block_size),
+            "table_write": 1, "table_row": range(self._table_depth), "table_data": data.ArrayLayout(8, block_size),
             "set_registers": 1, "scale_exponent": signed(8), "threshold": 32, "clear_counters": 1,
         })
         super().__init__({
@@ -138,7 +141,7 @@ class ActivationQuantizer(wiring.Component):
         threshold = Signal(32)
         with m.If(self.config.set_registers):
             m.d.sync += [scale_exponent.eq(self.config.scale_exponent), threshold.eq(self.config.threshold)]
-        m.submodules.table = table = memory.Memory(shape=data.ArrayLayout(8, B), depth=self._rows, init=[])
+        m.submodules.table = table = memory.Memory(shape=data.ArrayLayout(8, B), depth=self._table_depth, init=[])
         write = table.write_port()
         m.d.comb += [write.addr.eq(self.config.table_row), write.data.eq(self.config.table_data),
                      write.en.eq(self.config.table_write)]
@@ -148,7 +151,7 @@ class ActivationQuantizer(wiring.Component):
         in_reduction = Signal()
         position = Signal(range(self._rows + 2))  # saturates at rows + 1
         start = self.i.payload.first | ~in_reduction
-        row = Signal(range(self._rows))
+        row = Signal(range(self._table_depth))
         m.d.comb += row.eq(Mux(start, 0, Mux(position >= self._rows, self._rows - 1, position)))
         m.d.comb += read.addr.eq(row)
         with m.If(self.i.valid & self.i.ready):

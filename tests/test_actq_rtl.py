@@ -88,6 +88,16 @@ def test_reduction_longer_than_the_table_reuses_the_last_row_and_sets_the_sticky
                                             sensitivities=as_seen))
 
 
+def test_one_row_table_serves_every_block_of_a_reduction():
+    rng = random.Random(10)
+    unit = ActivationQuantizer(max_channels=16, pipeline_stages=1)
+    x = random_bf16(rng, (2, 48))
+    f = torch.tensor([rng.randrange(0x7F) for _ in range(16)], dtype=torch.uint8)
+    as_seen = f.repeat(3)  # every block reads the only row
+    _check(unit, x, golden.ActivationConfig(scale_exponent=0, threshold=median_threshold(x, as_seen, 0),
+                                            sensitivities=as_seen))
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     ({"block_size": 0}, ValueError, "Block size must be at least 1, not 0"),
     ({"max_channels": 0}, ValueError, "Maximum channels must be at least 1, not 0"),

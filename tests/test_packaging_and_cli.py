@@ -104,6 +104,12 @@ def test_generate_actq_and_engine_write_lint_clean_verilog(tmp_path, capsys):
     assert "module fgmp_engine_l2(" in engine and "input [531:0] i__payload;" in engine  # + 2 x 137 weights
 
 
+def test_generate_actq_with_a_one_row_table_is_lint_clean(tmp_path, capsys):
+    """C = B: the table has one row, and no signal may have zero width."""
+    assert main(["generate", "actq", "--max-channels", "16", "--out", str(tmp_path)]) == 0
+    assert "lint clean" in capsys.readouterr().out
+
+
 def test_generate_actq_reports_invalid_parameters(tmp_path, capsys):
     assert main(["generate", "actq", "--max-channels", "100", "--out", str(tmp_path)]) == 2
     assert "Maximum channels (100) must be a multiple of the block size (16)" in capsys.readouterr().err
