@@ -62,7 +62,7 @@ def _breakdown(results, lanes):
     return table(header, rows)
 
 
-def _area_section(results, lanes):
+def _area_section(results, lanes, unmeasured_actq_targets=()):
     variants, overhead = compare_tables(results, lanes)
     actq = [r for r in results if r.unit.startswith("actq")]
     lines = ["### Area: FGMP vs FP8-only vs FP4-only", "",
@@ -77,6 +77,10 @@ def _area_section(results, lanes):
                   f"`{actq_unit}` (one per engine, whatever L). \"of which table\" is the sensitivity table "
                   "(C/B rows of B UE4M3 codes, asynchronous read); it is storage, and grows with C.", "",
                   markdown(overhead), ""]
+        if unmeasured_actq_targets:
+            names = ", ".join(TARGET_TITLES[t] for t in unmeasured_actq_targets)
+            lines += [f"The activation unit was not synthesized for {names} in this run (`--actq-targets`); "
+                      "see \"How the figures are made\".", ""]
     if not actq:
         lines += ["The activation unit is not in this run (`--no-actq`): its overhead is not measured here.", ""]
     count = 4 if 4 in lanes else lanes[-1]
@@ -91,6 +95,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--targets", nargs="+", default=["generic", "ice40", "ecp5", "ecp5-nodsp"])
+    parser.add_argument("--actq-targets", nargs="+",
+                        help="targets of the activation unit (default: --targets); its ECP5 runs take the longest")
     parser.add_argument("--max-channels", type=int, default=1024,
                         help="the activation unit's table (C x 8 bits, as flip-flops; Yosys's generic run of C = 4096 was "
                              "still going after 7 minutes)")
@@ -115,11 +121,15 @@ def main(argv=None):
     log = lambda r: print(f"  {r.unit} / {getattr(r, 'target', getattr(r, 'part', ''))}: "
                           f"{getattr(r, 'summary', None) or getattr(r, 'fmax_mhz', '')}", flush=True)
     configs = compare_configs(args.lanes, max_channels=args.max_channels, actq=args.actq)
-    area = area_sweep(configs, args.targets, args.out / "area", reuse=args.reuse, jobs=args.jobs, progress=log)
+    actq_targets = args.actq_targets or args.targets
+    points = [([c for c in configs if c[0] != "actq"], args.targets),
+              ([c for c in configs if c[0] == "actq"], actq_targets)]
+    area = [r for group, targets in points if group
+            for r in area_sweep(group, targets, args.out / "area", reuse=args.reuse, jobs=args.jobs, progress=log)]
     dots = [r for r in area if " dot " in r.unit]
     plot_breakdown([r for r in dots if r.target in ("generic", "ecp5-nodsp")], ROOT / "docs/area.png",
                    title="Dot unit area by submodule (B = 16, N = 1024, P = 1)")
-    lines = _area_section(area, args.lanes)
+    lines = _area_section(area, args.lanes, [t for t in args.targets if args.actq and t not in actq_targets])
 
     timing = []
     if args.timing:
