@@ -75,7 +75,9 @@ def _area_section(results, lanes, unmeasured_actq_targets=()):
         actq_unit = actq[0].unit if actq else ""
         lines += ["### The activation unit next to the dot unit it feeds", "",
                   f"`{actq_unit}` (one per engine, whatever L). \"of which table\" is the sensitivity table "
-                  "(C/B rows of B UE4M3 codes, asynchronous read); it is storage, and grows with C.", "",
+                  "(C/B rows of B UE4M3 codes, asynchronous read); it is storage, and grows with C. Where the "
+                  "flat FPGA run folds the pipeline register behind the read into the table and maps it to "
+                  "block RAM, the column gives the RAMs and the unit's figure is all logic.", "",
                   markdown(overhead), ""]
         if unmeasured_actq_targets:
             names = ", ".join(TARGET_TITLES[t] for t in unmeasured_actq_targets)
@@ -98,8 +100,8 @@ def main(argv=None):
     parser.add_argument("--actq-targets", nargs="+",
                         help="targets of the activation unit (default: --targets); its ECP5 runs take the longest")
     parser.add_argument("--max-channels", type=int, default=1024,
-                        help="the activation unit's table (C x 8 bits, as flip-flops; Yosys's generic run of C = 4096 was "
-                             "still going after 7 minutes)")
+                        help="the activation unit's sensitivity table, C x 8 bits (flip-flops in the generic run; "
+                             "the table is a quarter of the unit's generic cells at C = 1024)")
     parser.add_argument("--timing-lanes", type=int, default=1, help="lanes of the per-depth timing sweep")
     parser.add_argument("--goal-lanes", type=int, default=4,
                         help="lanes of the unit the 100 MHz goal is about (placed once, at the deepest pipeline)")

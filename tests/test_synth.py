@@ -78,6 +78,24 @@ def test_activation_unit_synthesizes_clean_with_every_part_in_the_breakdown(tmp_
     lint(tmp_path / f"{unit.top}.v", unit.top)
 
 
+def test_activation_overhead_counts_a_table_in_block_ram_as_ram_not_as_the_breakdown_logic():
+    from fgmp.flow.area import AreaResult
+    from fgmp.flow.report import compare_tables
+
+    def result(unit, target, cells, groups):
+        return AreaResult(unit=unit, top="t", target=target, cells=cells, transistors=None, groups=groups)
+
+    table_logic = {"sensitivity table": {"SB_LUT4": 70, "SB_DFFE": 800}, "candidates": {"SB_LUT4": 300}}
+    results = [result("FGMP dot L=1 P=1", "ice40", {"SB_LUT4": 200}, {}),
+               result("actq C=64 P=1", "ice40", {"SB_LUT4": 400, "SB_RAM40_4K": 2}, table_logic),
+               result("FGMP dot L=1 P=1", "generic", {"$_AND_": 100}, {}),
+               result("actq C=64 P=1", "generic", {"$_AND_": 500}, {"sensitivity table": {"$_AND_": 120}})]
+    _, overhead = compare_tables(results, [1])
+    rows = {row[0]: row for row in overhead["rows"]}
+    assert rows["iCE40"][3:] == ["200", "400", "2 block RAMs", "400", "200 %", "200 %"]
+    assert rows["generic"][3:] == ["100", "500", "120", "380", "500 %", "380 %"]
+
+
 @pytest.mark.parametrize("name, body, message", [
     ("loop", "module loop(input a, output y);\n  wire x;\n  assign x = ~x ^ a;\n  assign y = x;\nendmodule\n",
      "found logic loop"),
