@@ -177,6 +177,7 @@ def _run(args):
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, not {args.threads}")
         torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
 
     setup = prepare(args.model, calib=args.calib, eval_text=args.eval, seq_len=args.seq_len,
                     calib_samples=args.calib_samples, eval_samples=args.eval_samples, include=args.layers,
@@ -198,14 +199,14 @@ def _run(args):
     meta = {"model": setup.lm.name, "source": setup.source, "layers": list(setup.layers),
             "seq_len": args.seq_len, "calibration_windows": int(setup.calib_sequences.shape[0]),
             "evaluation_windows": int(setup.eval_sequences.shape[0]), "calibration_seconds": setup.seconds["calibration"], "seed": args.seed}
-    paths = write_reports(rows, args.out, meta=meta)
+    paths = write_reports(rows, out, meta=meta)
     if args.export:
         plan = build_plan(setup.calibration, policy="fgmp", fp8_fraction=args.fp8_fraction, clipping=args.clipping)
         for name in args.export:
             if name not in plan.weights:
                 raise ValueError(f"Cannot export {name!r}: not a quantized layer (e.g. {next(iter(plan.weights))})")
             paths.append(export_layer(plan.weights[name], plan.activations[name].config,
-                                      Path(args.out) / "export" / name, name=name))
+                                      out / "export" / name, name=name))
     fp8 = next(r for r in rows if r["policy"] == "fp8")["perplexity"]
     for r in rows:
         if r["policy"] == args.policy and r["requested_fp8"] == args.fp8_fraction and r["clipping"] == args.clipping:

@@ -24,7 +24,7 @@ def run_decoder_bench(format_name, simulator, build_root):
     if format_name not in DECODER_FORMATS:
         raise ValueError(f"Format must be one of {', '.join(DECODER_FORMATS)}, not {format_name!r}")
     top = decoder_top(format_name)
-    build_dir = Path(build_root) / simulator / top
+    build_dir = (Path(build_root) / simulator / top).resolve()
     source = write_verilog(Decoder(format=DECODER_FORMATS[format_name]), top, build_dir)
     return run_bench(
         simulator=simulator,
@@ -58,7 +58,7 @@ def run_decoder_bank_bench(simulator, build_root):
     """Every code of every format through one build of the DecoderBank; the BenchResult's reports come
     in DECODER_FORMATS order, one per format."""
     top = "fgmp_decoders"
-    build_dir = Path(build_root) / simulator / top
+    build_dir = (Path(build_root) / simulator / top).resolve()
     source = write_verilog(DecoderBank(), top, build_dir)
     return run_bench(simulator=simulator, sources=[source], top=top, test_module="fgmp.sim.decoder_bench",
                      build_dir=build_dir, testcases=["every_code_of_every_format"])

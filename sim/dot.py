@@ -28,7 +28,7 @@ def run_dot_bench(unit_params, simulator, build_root, *, suites=tuple(SUITES), c
             raise ValueError(f"Suite must be one of {', '.join(SUITES)}, not {suite!r}")
     unit = DotUnit(**unit_params)
     top = dot_top(unit)
-    build_dir = Path(build_root) / simulator / f"{top}_p{unit.pipeline_stages}"
+    build_dir = (Path(build_root) / simulator / f"{top}_p{unit.pipeline_stages}").resolve()
     source = write_verilog(unit, top, build_dir)
     config = {"unit": {**unit_params, "formats": list(unit.formats)}, "count": count,
               "max_reduction": max_reduction, "seed": seed, "idle": idle, "backpressure": backpressure}

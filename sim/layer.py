@@ -20,7 +20,7 @@ def run_layer_bench(unit_params, simulator, build_root, layer_dir, activations, 
         raise TypeError("Activations must be a 2-D bfloat16 tensor (tokens x input channels)")
     unit = Engine(**unit_params)
     top = f"fgmp_engine_l{unit.lanes}"
-    build_dir = Path(build_root) / simulator / top
+    build_dir = (Path(build_root) / simulator / top).resolve()
     source = write_verilog(unit, top, build_dir)
     path = build_dir / "activations.pt"
     torch.save(activations.contiguous().view(torch.int16).clone(), path)

@@ -1,5 +1,6 @@
 """The synthesis flow (fgmp.flow): Yosys area on the smallest dot units and activation unit, nextpnr on a decoder in the timing
-harness, a ULX3S bitstream of the smallest self-test, constraint files, the command line's errors.
+harness, constraint files, the command line's errors (the ULX3S bitstream of the smallest self-test is built by
+tests/test_output_locations.py).
 
 The configurations are the smallest that still go through the same code paths as the full ones
 (``bench/area.py`` runs those): every test here runs the real tools, none is skipped."""
@@ -133,15 +134,6 @@ def test_a_broken_pcf_fails_place_and_route(tmp_path, monkeypatch):
 
     with pytest.raises(FlowError, match="nextpnr-ice40 failed"):
         place_and_route(make_unit("decoder", format="e2m1"), "ice40-up5k", tmp_path / "run")
-
-
-def test_bitstream_of_the_smallest_self_test_on_ulx3s(tmp_path, capsys):
-    """Same code path as the 1-lane build in bench/area.py (--bitstream), on a 1-element FP4 unit."""
-    assert main(["bitstream", "--board", "ulx3s-85f", "--lanes", "1", "--block-size", "1", "--max-blocks", "2",
-                 "--formats", "nvfp4", "--pipeline-stages", "0", "--reductions", "2", "--out", str(tmp_path)]) == 0
-    bitstream = tmp_path / "fgmp_selftest.bit"
-    assert bitstream.stat().st_size > 100_000
-    assert "PASS at 25.00 MHz" in capsys.readouterr().out
 
 
 def _run_self_test(test, cycles):

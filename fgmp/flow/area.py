@@ -159,7 +159,7 @@ def synthesize(unit, target, workdir, *, reuse=False, breakdown=True):
     target. With ``reuse``, a result left in ``workdir`` by a run on the same Verilog and script is
     returned instead."""
     check_targets([target])
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     verilog = write_verilog(unit.component, unit.top, workdir)
     return synthesize_verilog(verilog, unit.top, unit.kind, target, workdir, label=unit.label, reuse=reuse,
@@ -169,7 +169,7 @@ def synthesize(unit, target, workdir, *, reuse=False, breakdown=True):
 def synthesize_verilog(verilog, top, kind, target, workdir, *, label=None, reuse=False, breakdown=True):
     """``synthesize`` for a Verilog file whose module ``top`` is a unit of ``kind`` (its group rules)."""
     spec = TARGETS[check_targets([target])[0]]
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     if Path(verilog).resolve().parent != workdir.resolve():  # the tools see only relative names

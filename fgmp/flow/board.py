@@ -161,7 +161,7 @@ def build_bitstream(board, unit_params, build_dir, **self_test):
     """Build the self-test of ``DotUnit(**unit_params)`` for ``board`` to a bitstream in ``build_dir``."""
     factory, tools, suffix = BOARDS[check_board(board)]
     design = BoardSelfTest(unit_params, **self_test)
-    build_dir = Path(build_dir)
+    build_dir = Path(build_dir).resolve()
     start = time.perf_counter()
     platform = factory()
     # do_build=False: amaranth's own check would also require the board's programmer; the flow only builds.

@@ -177,6 +177,7 @@ def _guarded(function):
         try:
             if getattr(args, "jobs", 1) < 1:
                 raise ValueError(f"Jobs must be at least 1, not {args.jobs}")
+            args.out = args.out.resolve()  # the tools run in directories of their own below it
             return function(args)
         except (ValueError, TypeError, FlowError, ToolchainError) as error:
             return _error(error)

@@ -118,7 +118,7 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
     """Synthesize ``unit`` in the harness for ``part_name``, place and route it; returns a TimingResult.
     Raises DoesNotFit when the part lacks the resources, FlowError for any other tool failure."""
     part = PARTS[check_parts([part_name])[0]]
-    workdir = Path(workdir)
+    workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     harness = TimingHarness(unit.component)
