@@ -1,6 +1,8 @@
 """Verilog emission and Verilator lint for the generated units."""
 
+import os
 import subprocess
+import threading
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -12,20 +14,32 @@ __all__ = ["to_verilog", "write_verilog", "lint", "LintError", "WAIVERS"]
 WAIVERS = Path(__file__).with_name("verilator_waivers.vlt")
 
 
+# Elaboration and the in-process Yosys that Amaranth converts with keep module-level state; steps that
+# run side by side (fgmp.jobs) convert one unit at a time.
+_CONVERT = threading.Lock()
+
+
 class LintError(RuntimeError):
     pass
 
 
 def to_verilog(component, name):
-    # No source locations: the output must not change with the checkout path.
-    return verilog.convert(component, name=name, emit_src=False)
+    with _CONVERT:
+        # No source locations: the output must not change with the checkout path.
+        return verilog.convert(component, name=name, emit_src=False)
 
 
 def write_verilog(component, name, directory):
-    """Write ``<name>.v`` (file named after its module, as lint expects) and return its path."""
+    """Write ``<name>.v`` (file named after its module, as lint expects) and return its path. An
+    identical file is left as it is and a changed one is replaced whole, so a simulator or Yosys
+    reading it meanwhile (fgmp.jobs) never sees it half-written."""
     path = Path(directory) / f"{name}.v"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(to_verilog(component, name))
+    text = to_verilog(component, name)
+    if not path.is_file() or path.read_text() != text:
+        partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        partial.write_text(text)
+        partial.replace(path)
     return path
 
 

@@ -18,9 +18,9 @@ from fgmp.hw import DotUnit
 from fgmp.hw.verilog import write_verilog
 from .dot import dot_top
 from .dot_stimuli import reductions_state
-from .runner import run_bench
+from .runner import build_model, run_bench
 
-__all__ = ["Activity", "read_toggles", "run_dot_activity"]
+__all__ = ["Activity", "read_toggles", "build_activity_model", "run_dot_activity"]
 
 # One coverage point: fields separated by \x01, key and value by \x02, then the count.
 _POINT = re.compile(r"^C '(?P<fields>[^']*)' (?P<count>\d+)$")
@@ -61,15 +61,29 @@ def read_toggles(path, top):
     return toggles, {name: len(bits) for name, bits in bit_sets.items()}
 
 
+_TOGGLE_BUILD = ["--coverage-toggle", "--coverage-max-width", str(_MAX_WIDTH)]
+
+
+def _activity_source(unit, build_root):
+    top = dot_top(unit)
+    run_dir = (Path(build_root) / "verilator" /
+               f"{top}_b{unit.block_size}_n{unit.max_blocks}_p{unit.pipeline_stages}_toggle").resolve()
+    return top, run_dir, write_verilog(unit, top, run_dir)
+
+
+def build_activity_model(unit_params, build_root):
+    """Build the toggle-counting Verilator model that run_dot_activity of the same unit and
+    ``build_root`` will use, before its stimuli exist (sim.runner.build_model)."""
+    top, run_dir, source = _activity_source(DotUnit(**unit_params), build_root)
+    return build_model("verilator", [source], top, run_dir=run_dir, build_args=_TOGGLE_BUILD)[0]
+
+
 def run_dot_activity(unit_params, reductions, build_root, *, seed=1):
     """Stream ``reductions`` (sim.dot_stimuli.Reduction, one weight row per lane) through
-    ``DotUnit(**unit_params)`` on Verilator at full rate; returns the Activity. A model already built in
-    ``build_root`` for the same unit is reused (Verilator skips identical output, make the rest)."""
+    ``DotUnit(**unit_params)`` on Verilator at full rate; returns the Activity. The model is built once
+    per unit (sim.runner.build_model)."""
     unit = DotUnit(**unit_params)
-    top = dot_top(unit)
-    build_dir = (Path(build_root) / "verilator" /
-                 f"{top}_b{unit.block_size}_n{unit.max_blocks}_p{unit.pipeline_stages}_toggle")
-    source = write_verilog(unit, top, build_dir)
+    top, build_dir, source = _activity_source(unit, build_root)
     stimuli = build_dir / "reductions.pt"
     torch.save(reductions_state(reductions), stimuli)
     coverage = build_dir / "coverage.dat"
@@ -77,7 +91,7 @@ def run_dot_activity(unit_params, reductions, build_root, *, seed=1):
     config = {"unit": {**unit_params, "formats": list(unit.formats)}, "reductions": str(stimuli), "seed": seed}
     result = run_bench(simulator="verilator", sources=[source], top=top, test_module="fgmp.sim.dot_bench",
                        build_dir=build_dir, extra_env={"FGMP_DOT_BENCH": json.dumps(config)},
-                       testcases=["given_reductions"], build_args=["--coverage-toggle", "--coverage-max-width", str(_MAX_WIDTH)])
+                       testcases=["given_reductions"], build_args=_TOGGLE_BUILD)
     if not coverage.exists():
         raise FileNotFoundError(f"Verilator wrote no toggle coverage to {coverage}")
     toggles, bits = read_toggles(coverage, top)

@@ -16,7 +16,7 @@ import cocotb
 import torch
 
 from fgmp.hw import DotUnit
-from .dot_stimuli import (PayloadPacker, Reduction, exhaustive_reductions, expected_results, random_reductions,
+from .dot_stimuli import (PayloadPacker, exhaustive_reductions, expected_results, random_reductions,
                           reductions_from_state)
 from .fields import unpack_value
 from .scoreboard import Scoreboard
