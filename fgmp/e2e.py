@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_commands", "capture_layer_input"]
+__all__ = ["add_commands", "capture_layer_input", "engine_params", "run_e2e", "reporting_errors"]
 
 DEFAULT_LAYER = "blocks.0.mlp.up_proj"  # an MLP projection of the embedded model
+ENERGY_UNITS = ("FGMP", "FP8-only")  # the energy proxy's units, in the order of its cases
 
 
 def capture_layer_input(setup, plan, name, tokens):
@@ -62,17 +63,15 @@ def _plots(plan, name, out):
     return [out / "precision_map.png", out / "fp8_per_layer.png"]
 
 
-def _run(args):
-    from fgmp.golden.policy import build_plan, export_layer
-    from fgmp.quantize import FP8_BITS, HEADER, evaluate, prepare, row_line
-    from fgmp.sim.layer import run_layer_bench
+def engine_params(lanes, in_features):
+    """The engine e2e generates for a layer with ``in_features`` inputs (its sensitivity table covers them)."""
+    return {"lanes": lanes, "max_channels": max(16, in_features)}
+
+
+def _check_tools(args):
+    """A missing simulator stops the run before minutes of calibration, not after."""
     from fgmp.toolchain import ToolchainError, require_iverilog, verilator_root
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    if args.tokens < 1:
-        raise ValueError(f"--tokens must be at least 1, not {args.tokens}")
-    # A missing simulator should stop the run before minutes of calibration, not after.
     if args.simulator == "icarus":
         require_iverilog()
     if args.simulator == "verilator":
@@ -82,10 +81,29 @@ def _run(args):
             verilator_root()
         except ToolchainError as error:
             raise ToolchainError(f"{error} (the energy proxy needs Verilator; --no-energy skips it)") from None
+
+
+def run_e2e(args, pool, say=print, on_started=lambda: None):
+    """The e2e run described by the parsed ``args``; returns its summary (also written to e2e.json and
+    e2e.md). The engine simulation and the energy proxy's syntheses, builds and simulations are steps of
+    ``pool`` (fgmp.jobs): those that need no data start at once (``on_started`` is called after they are
+    submitted), the rest while this thread evaluates the model's perplexity."""
+    from fgmp.golden.policy import build_plan, export_layer
+    from fgmp.quantize import FP8_BITS, HEADER, evaluate, prepare, row_line
+    from fgmp.sim.layer import run_layer_bench
+
+    if args.tokens < 1:
+        raise ValueError(f"--tokens must be at least 1, not {args.tokens}")
     if args.energy_lanes < 1:
         raise ValueError(f"--energy-lanes must be at least 1, not {args.energy_lanes}")
-    out = Path(args.out)
+    _check_tools(args)
+    out = Path(args.out).resolve()  # every path below is handed to simulators running in other directories
     out.mkdir(parents=True, exist_ok=True)
+    areas = None
+    if args.energy:
+        from fgmp.energy import submit_units
+        areas = submit_units(ENERGY_UNITS, lanes=args.energy_lanes, out=out / "energy", pool=pool)
+    on_started()
     setup = prepare(args.model, calib_samples=args.calib_samples, eval_samples=args.eval_samples,
                     progress=not args.quiet)
     if args.layer not in setup.layers:
@@ -96,43 +114,63 @@ def _run(args):
     layer_dir = out / "layer"
     export_layer(plan.weights[args.layer], plan.activations[args.layer].config, layer_dir, name=args.layer)
     weights = plan.weights[args.layer]
-    print(f"{setup.lm.name} / {args.layer}: {weights.shape[0]} x {weights.shape[1]} weights "
-          f"({weights.fp8_fraction:.1%} FP8 blocks), {args.tokens} captured tokens -> engine "
-          f"({args.lanes} lanes) on {args.simulator}")
-    unit = {"lanes": args.lanes, "max_channels": max(16, weights.shape[1])}
-    start = time.perf_counter()
-    result = run_layer_bench(unit, args.simulator, out / "sim", layer_dir, activations)
-    seconds = time.perf_counter() - start
-    report = result.report
-    outputs = report["tokens"] * report["out_features"]
-    print(f"  outputs compared: {outputs} FP32 values, mismatches: {report['mismatches']}")
-    print(f"  cycles: {report['cycles']} for {report['block_pairs']} block pairs "
-          f"({report['block_pairs'] / report['cycles']:.3f} per cycle); simulation {seconds:.1f} s "
-          f"({report['block_pairs'] / seconds:.0f} block pairs/s incl. build)")
-    print(f"  activation blocks in FP8: {report['activation_fp8_blocks']} of {report['activation_blocks']} "
-          f"({report['activation_fp8_blocks'] / report['activation_blocks']:.1%})")
-    print("\n" + HEADER)
+    say(f"{setup.lm.name} / {args.layer}: {weights.shape[0]} x {weights.shape[1]} weights "
+        f"({weights.fp8_fraction:.1%} FP8 blocks), {args.tokens} captured tokens -> engine "
+        f"({args.lanes} lanes) on {args.simulator}")
+    bench = pool.submit(_timed, run_layer_bench, engine_params(args.lanes, weights.shape[1]), args.simulator,
+                        out / "sim", layer_dir, activations)
+    energy = _submit_energy(args, setup, plan, activations, out, pool, areas) if args.energy else None
     rows = []
     for policy in ("fp8", "fgmp", "nvfp4"):
         row_plan = plan if policy == "fgmp" else build_plan(setup.calibration, policy=policy, clipping=False)
         rows.append(evaluate(setup, row_plan, progress=not args.quiet))
-        print(row_line(rows[-1]))
+    paths = _plots(plan, args.layer, out)
+    result, seconds = bench.result()
+    report = result.report
+    outputs = report["tokens"] * report["out_features"]
+    say(f"  outputs compared: {outputs} FP32 values, mismatches: {report['mismatches']}")
+    say(f"  cycles: {report['cycles']} for {report['block_pairs']} block pairs "
+        f"({report['block_pairs'] / report['cycles']:.3f} per cycle); simulation {seconds:.1f} s "
+        f"({'built' if result.built else 'reused'} model)")
+    say(f"  activation blocks in FP8: {report['activation_fp8_blocks']} of {report['activation_blocks']} "
+        f"({report['activation_fp8_blocks'] / report['activation_blocks']:.1%})")
+    say("\n" + HEADER)
+    for row in rows:
+        say(row_line(row))
     fgmp_row = rows[1]
     memory = 100 * (fgmp_row["bits_per_weight"] / FP8_BITS - 1)
-    print(f"\nweight memory: {fgmp_row['bits_per_weight']:.3f} bits per weight vs {FP8_BITS:.3f} all-FP8 "
-          f"({memory:+.1f} %); perplexity {100 * (fgmp_row['perplexity'] / rows[0]['perplexity'] - 1):+.2f} % "
-          "vs all-FP8")
-    paths = _plots(plan, args.layer, out)
+    say(f"\nweight memory: {fgmp_row['bits_per_weight']:.3f} bits per weight vs {FP8_BITS:.3f} all-FP8 "
+        f"({memory:+.1f} %); perplexity {100 * (fgmp_row['perplexity'] / rows[0]['perplexity'] - 1):+.2f} % "
+        "vs all-FP8")
     summary = {"model": setup.lm.name, "layer": args.layer, "simulator": args.simulator, "lanes": args.lanes,
                "bench": report, "simulation_seconds": seconds, "perplexity": rows,
                "bits_per_weight": {"fgmp": fgmp_row["bits_per_weight"], "fp8": FP8_BITS},
                "weight_memory_vs_fp8_percent": memory, "energy": None}
-    _write_reports(summary, out)  # before the energy runs: a failure there keeps the results so far
-    if args.energy:
-        summary["energy"] = _energy(args, setup, plan, activations, out)
+    _write_reports(summary, out)  # before the energy is in: a failure there keeps the results so far
+    if energy is not None:
+        summary["energy"] = _energy_summary(args.energy_lanes, energy, say)
         _write_reports(summary, out)
-    print("wrote " + ", ".join(str(p) for p in [out / "e2e.json", out / "e2e.md", layer_dir, *paths]))
-    return 0 if report["mismatches"] == 0 else 1
+    say("wrote " + ", ".join(str(p) for p in [out / "e2e.json", out / "e2e.md", layer_dir, *paths]))
+    return summary
+
+
+def _timed(function, *args):
+    start = time.perf_counter()
+    return function(*args), time.perf_counter() - start
+
+
+def _run(args):
+    from fgmp.jobs import step_pool, torch_threads_beside
+
+    jobs = args.jobs
+    with step_pool(jobs) as pool:
+        torch.set_num_threads(args.threads if args.threads is not None else torch_threads_beside(jobs))
+        try:
+            summary = run_e2e(args, pool)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    return 0 if summary["bench"]["mismatches"] == 0 else 1
 
 
 def _write_reports(summary, out):
@@ -140,22 +178,27 @@ def _write_reports(summary, out):
     (out / "e2e.md").write_text(_markdown(summary))
 
 
-def _energy(args, setup, plan, activations, out):
+def _submit_energy(args, setup, plan, activations, out, pool, areas):
     """The energy proxy (fgmp/energy.py) of the FGMP dot unit under ``plan`` against the FP8-only unit
-    running the same layer and tokens all in FP8."""
-    from fgmp.energy import energy_rows, fgmp_case, measure_layer, uniform_case
+    running the same layer and tokens all in FP8, its steps submitted to ``pool``; returns the function
+    that waits for the result."""
+    from fgmp.energy import fgmp_case, submit_layer, uniform_case
 
-    start = time.perf_counter()
     cases = [fgmp_case("FGMP", plan, args.layer, activations),
              uniform_case("FP8-only", setup.calibration, args.layer, activations, "fp8")]
-    rows = energy_rows(measure_layer(cases, lanes=args.energy_lanes, out=out / "energy"))
+    return submit_layer(cases, lanes=args.energy_lanes, out=out / "energy", pool=pool, areas=areas)
+
+
+def _energy_summary(lanes, collect, say):
+    from fgmp.energy import energy_rows
+
+    rows = energy_rows(collect())
     fgmp, fp8 = rows
-    seconds = time.perf_counter() - start
-    print(f"energy proxy ({args.energy_lanes}-lane dot units, this layer and tokens, {seconds:.0f} s): "
-          f"FGMP {fgmp['energy_per_block_pair']:.0f} vs FP8-only {fp8['energy_per_block_pair']:.0f} "
-          f"transistor-toggles per block pair ({100 * (fgmp['vs_baseline'] - 1):+.1f} %; the paper reports -14 % "
-          "for its design); method and sweep in docs/results.md")
-    return {"lanes": args.energy_lanes, "rows": rows}
+    say(f"energy proxy ({lanes}-lane dot units, this layer and tokens): "
+        f"FGMP {fgmp['energy_per_block_pair']:.0f} vs FP8-only {fp8['energy_per_block_pair']:.0f} "
+        f"transistor-toggles per block pair ({100 * (fgmp['vs_baseline'] - 1):+.1f} %; the paper reports -14 % "
+        "for its design); method and sweep in docs/results.md")
+    return {"lanes": lanes, "rows": rows}
 
 
 def _markdown(summary):
@@ -179,23 +222,28 @@ def _markdown(summary):
     return "\n".join(lines)
 
 
-def _run_reporting_errors(args):
-    from fgmp.toolchain import ToolchainError
+def reporting_errors(run):
+    """``run(args)`` as a command: a usage error exits 2 and a simulation or synthesis that failed exits
+    1, each with its message rather than a traceback."""
+    def command(args):
+        from fgmp.flow.tools import FlowError
+        from fgmp.sim.runner import BenchFailure
+        from fgmp.toolchain import ToolchainError
 
-    from fgmp.flow.tools import FlowError
-    from fgmp.sim.runner import BenchFailure
+        try:
+            return run(args)
+        except (ValueError, FileNotFoundError, ToolchainError) as error:
+            print(f"fgmp: error: {error}", file=sys.stderr)
+            return 2
+        except (BenchFailure, FlowError) as error:
+            print(f"fgmp: error: {error}", file=sys.stderr)
+            return 1
 
-    try:
-        return _run(args)
-    except (ValueError, FileNotFoundError, ToolchainError) as error:
-        print(f"fgmp: error: {error}", file=sys.stderr)
-        return 2
-    except (BenchFailure, FlowError) as error:  # a simulation or synthesis that failed, not a usage error
-        print(f"fgmp: error: {error}", file=sys.stderr)
-        return 1
+    return command
 
 
 def add_commands(commands):
+    from fgmp.jobs import default_jobs
     from fgmp.sim.runner import SIMULATORS
 
     e2e = commands.add_parser("e2e", help="a quantized model's layer through the generated engine, bit for bit")
@@ -211,7 +259,10 @@ def add_commands(commands):
                      help="lanes of the dot units the energy proxy compares (default 1: builds fastest)")
     e2e.add_argument("--no-energy", dest="energy", action="store_false",
                      help="skip the energy proxy (it needs Verilator and Yosys whatever --simulator says)")
-    e2e.add_argument("--threads", type=int)
+    e2e.add_argument("--threads", type=int,
+                     help="torch threads (default: the cores the parallel steps leave free, at least 1)")
+    e2e.add_argument("--jobs", type=int, default=default_jobs(),
+                     help=f"simulations and syntheses run side by side (default {default_jobs()}: cores, at most 4)")
     e2e.add_argument("--quiet", action="store_true")
     e2e.add_argument("--out", type=Path, default=Path("out/e2e"))
-    e2e.set_defaults(func=_run_reporting_errors)
+    e2e.set_defaults(func=reporting_errors(_run))

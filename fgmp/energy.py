@@ -24,11 +24,12 @@ from fgmp.flow.area import synthesize
 from fgmp.flow.groups import CONTROL, GROUP_RULES, name_group
 from fgmp.flow.units import make_unit
 from fgmp.hw.pipeline import check_count
-from fgmp.sim.activity import run_dot_activity
+from fgmp.jobs import Inline
+from fgmp.sim.activity import build_activity_model, run_dot_activity
 from fgmp.sim.dot_stimuli import Reduction
 
 __all__ = ["EnergyResult", "LayerCase", "UNIT_FORMATS", "layer_reductions", "group_activity", "energy_proxy",
-           "measure_energy", "fgmp_case", "uniform_case", "measure_layer", "energy_rows"]
+           "measure_energy", "fgmp_case", "uniform_case", "measure_layer", "submit_units", "submit_layer", "energy_rows"]
 
 _ESCAPE = re.compile(r"__0([0-9a-fA-F]{2})")
 
@@ -127,17 +128,30 @@ def energy_proxy(label, activity, area):
     return EnergyResult(label=label, block_pairs=activity.block_pairs, cycles=activity.cycles, groups=groups)
 
 
-def measure_energy(unit_params, runs, out, *, reuse=True):
+def measure_energy(unit_params, runs, out, *, reuse=True, pool=None):
     """EnergyResults of one dot unit on several stimulus sets. ``runs``: {label: reductions}. The unit is
     synthesized once (generic, with breakdown; cached under ``out`` with ``reuse``) and built once for
-    Verilator with toggle coverage."""
+    Verilator with toggle coverage; the synthesis and the simulations are two steps of ``pool``
+    (fgmp.jobs; default: one after the other)."""
+    return _combine(*_submit_energy(unit_params, runs, out, reuse=reuse, pool=pool or Inline()))
+
+
+def _submit_energy(unit_params, runs, out, *, reuse, pool, area=None):
+    if area is None:
+        area = _submit_synthesis(unit_params, out, reuse=reuse, pool=pool)
+    activities = pool.submit(lambda: {label: run_dot_activity(unit_params, reductions, Path(out) / "sim")
+                                      for label, reductions in runs.items()})
+    return area, activities
+
+
+def _submit_synthesis(unit_params, out, *, reuse, pool):
     unit = make_unit("dot", **unit_params)
-    area = synthesize(unit, "generic", Path(out) / "area" / unit.slug, reuse=reuse)
-    results = []
-    for label, reductions in runs.items():
-        activity = run_dot_activity(unit.params, reductions, Path(out) / "sim")
-        results.append(energy_proxy(label, activity, area))
-    return results
+    return pool.submit(synthesize, unit, "generic", Path(out) / "area" / unit.slug, reuse=reuse)
+
+
+def _combine(area, activities):
+    area = area.result()
+    return [energy_proxy(label, activity, area) for label, activity in activities.result().items()]
 
 
 UNIT_FORMATS = {"FGMP": ("nvfp4", "fp8"), "FP8-only": ("fp8",), "FP4-only": ("nvfp4",)}
@@ -190,16 +204,50 @@ def uniform_case(label, calibration, name, x, precision):
     return LayerCase(label, "FP8-only" if precision == "fp8" else "FP4-only", weights, activations)
 
 
-def measure_layer(cases, *, lanes, out, pipeline_stages=1, reuse=True):
-    """[(LayerCase, EnergyResult)] for every case, each variant synthesized and built once."""
-    results = {}
+def _variant_params(variant, lanes, pipeline_stages):
+    if variant not in UNIT_FORMATS:
+        raise ValueError(f"Unit must be one of {', '.join(UNIT_FORMATS)}, not {variant!r}")
+    return {"lanes": lanes, "pipeline_stages": pipeline_stages, "formats": UNIT_FORMATS[variant]}
+
+
+def measure_layer(cases, *, lanes, out, pipeline_stages=1, reuse=True, pool=None):
+    """[(LayerCase, EnergyResult)] for every case, each variant synthesized and built once; with a
+    ``pool`` (fgmp.jobs), the variants' synthesis and simulation steps run side by side."""
+    return submit_layer(cases, lanes=lanes, out=out, pipeline_stages=pipeline_stages, reuse=reuse,
+                        pool=pool or Inline())()
+
+
+def submit_units(variants, *, lanes, out, pool, pipeline_stages=1, reuse=True):
+    """Start what measuring ``variants`` (keys of UNIT_FORMATS) needs before any layer data exists: each
+    unit's synthesis and its toggle-counting simulator model. Returns the ``areas`` to hand to
+    submit_layer with the same ``out``, ``lanes`` and ``pipeline_stages``."""
+    areas = {}
+    for variant in variants:
+        params = _variant_params(variant, lanes, pipeline_stages)
+        areas[variant] = _submit_synthesis(params, out, reuse=reuse, pool=pool)
+        pool.submit(build_activity_model, params, Path(out) / "sim")  # run_dot_activity finds it built
+    return areas
+
+
+def submit_layer(cases, *, lanes, out, pool, pipeline_stages=1, reuse=True, areas=None):
+    """measure_layer's steps submitted to ``pool`` without waiting; returns the function that waits
+    for them and gives measure_layer's result (call it from the thread that owns the pool)."""
+    variants = []
     for variant in dict.fromkeys(case.unit for case in cases):
         chosen = [case for case in cases if case.unit == variant]
         runs = {case.label: layer_reductions(case.weights, case.activations, lanes) for case in chosen}
-        params = {"lanes": lanes, "pipeline_stages": pipeline_stages, "formats": UNIT_FORMATS[variant]}
-        for case, result in zip(chosen, measure_energy(params, runs, out, reuse=reuse)):
-            results[case.label] = (case, result)
-    return [results[case.label] for case in cases]
+        params = _variant_params(variant, lanes, pipeline_stages)
+        variants.append((chosen, _submit_energy(params, runs, out, reuse=reuse, pool=pool,
+                                                area=(areas or {}).get(variant))))
+
+    def collect():
+        results = {}
+        for chosen, steps in variants:
+            for case, result in zip(chosen, _combine(*steps)):
+                results[case.label] = (case, result)
+        return [results[case.label] for case in cases]
+
+    return collect
 
 
 def energy_rows(measured, *, baseline="FP8-only"):

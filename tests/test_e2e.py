@@ -19,15 +19,21 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.cocotb
-def test_e2e_layer_is_bit_exact_on_icarus(tmp_path, capsys):
-    out = tmp_path / "e2e"
-    assert main(["e2e", *FAST, "--layer", "blocks.0.attn.q_proj", "--tokens", "2", "--simulator", "icarus",
-                 "--out", str(out)]) == 0
+@pytest.fixture
+def elsewhere(tmp_path, monkeypatch):
+    """A working directory away from the checkout: the benches run in directories of their own, so a
+    relative path handed to them would break here (tests/test_output_locations.py)."""
+    cwd = tmp_path / "work" / "here"
+    cwd.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def _check_summary(out, tokens, capsys):
     summary = json.loads((out / "e2e.json").read_text())
     bench = summary["bench"]
-    assert bench["mismatches"] == 0 and bench["checked"] == 2 * 192 + 1  # every output + the counters
-    assert bench["block_pairs"] == (192 // 4) * 2 * (192 // 16)
+    assert bench["mismatches"] == 0 and bench["checked"] == tokens * 192 + 1  # every output + the counters
+    assert bench["block_pairs"] == (192 // 4) * tokens * (192 // 16)
     assert bench["cycles"] >= bench["block_pairs"]
     assert [row["policy"] for row in summary["perplexity"]] == ["fp8", "fgmp", "nvfp4"]
     assert summary["weight_memory_vs_fp8_percent"] == pytest.approx(-32.7, abs=0.1)
@@ -35,6 +41,44 @@ def test_e2e_layer_is_bit_exact_on_icarus(tmp_path, capsys):
     assert (out / "precision_map.png").stat().st_size > 0 and (out / "layer" / "weights.hex").is_file()
     assert "**0 mismatches**" in (out / "e2e.md").read_text()
     assert "mismatches: 0" in capsys.readouterr().out
+    return summary
+
+
+@pytest.mark.cocotb
+def test_e2e_layer_is_bit_exact_on_icarus_with_a_relative_out(elsewhere, capsys):
+    assert main(["e2e", *FAST, "--layer", "blocks.0.attn.q_proj", "--tokens", "1", "--simulator", "icarus",
+                 "--out", "../e2e"]) == 0
+    _check_summary(elsewhere.parent / "e2e", 1, capsys)
+
+
+@pytest.mark.cocotb
+def test_e2e_layer_is_bit_exact_on_verilator_in_the_default_out(elsewhere, capsys):
+    """The engine is the one tests/test_actq_cocotb.py builds (the session shares built models)."""
+    from fgmp.e2e import engine_params
+    from test_actq_cocotb import ENGINE
+
+    assert engine_params(4, 192) == {key: ENGINE[key] for key in ("lanes", "max_channels")}
+    assert main(["e2e", *FAST, "--layer", "blocks.0.attn.q_proj", "--tokens", "2"]) == 0
+    _check_summary(elsewhere / "out" / "e2e", 2, capsys)
+
+
+@pytest.mark.cocotb
+def test_layer_bench_takes_relative_directories(elsewhere):
+    """sim.layer hands the bench (running in its own directory) the layer and its activations: given
+    relative directories, what it writes into the bench's configuration must still be found."""
+    from fgmp import golden
+    from fgmp.golden.policy import export_layer
+    from fgmp.sim.layer import run_layer_bench
+    from test_actq_cocotb import ENGINE
+
+    torch.manual_seed(0)
+    weights = golden.quantize_blocks(torch.randn(8, 192), torch.rand(8, 12) < 0.3)
+    config = golden.ActivationConfig(scale_exponent=0, threshold=0.0625,
+                                     sensitivities=torch.full((192,), 0x38, dtype=torch.uint8))
+    export_layer(weights, config, "layer")
+    result = run_layer_bench(ENGINE, "verilator", "sim", "layer", torch.randn(2, 192).bfloat16())
+    assert result.report["mismatches"] == 0 and result.report["checked"] == 2 * 8 + 1
+    assert result.build_dir == elsewhere / "sim" / "verilator" / "fgmp_engine_l4"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -81,10 +81,16 @@ def test_layer_reductions_follow_the_engine_bench_order():
 def small_energy(tmp_path_factory):
     """A 1-lane FGMP unit with 2-element blocks on random reductions and on reductions of the same shapes
     whose blocks are all the same zero block: the second must switch far less."""
+    from fgmp.jobs import step_pool
+
     params = {"lanes": 1, "block_size": 2, "max_blocks": 8}
     active = random_reductions(lanes=1, formats=("nvfp4", "fp8"), block_size=2, count=30, max_blocks=6, seed=3)
     quiet = [type(r)(weights=_zeroed(r.weights), activation=_zeroed(r.activation)) for r in active]
-    return measure_energy(params, {"active": active, "quiet": quiet}, tmp_path_factory.mktemp("energy"))
+    # From a working directory away from the checkout into a relative one (the bench reads its stimuli
+    # from its own directory), with the synthesis and the simulations side by side.
+    with pytest.MonkeyPatch.context() as patch, step_pool(2) as pool:
+        patch.chdir(tmp_path_factory.mktemp("energy"))
+        return measure_energy(params, {"active": active, "quiet": quiet}, "relative/energy", pool=pool)
 
 
 def _zeroed(bt):
