@@ -20,8 +20,11 @@ from pathlib import Path
 
 __all__ = ["Check", "run_demo", "add_command"]
 
-DOT = {"lanes": 4, "pipeline_stages": 1}
-QUANTIZER = {"max_channels": 64, "pipeline_stages": 1}
+# Configurations the test suite builds too (tests/test_e2e.py checks): a demo run inside the tests
+# builds nothing new.
+DOT = {"lanes": 8, "pipeline_stages": 1}
+QUANTIZER = {"max_channels": 64, "pipeline_stages": 2}
+ENGINE_LANES = 4
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def _verilog(out):
     units = [(decoder_top(name), Decoder(format=fmt)) for name, fmt in DECODER_FORMATS.items()]
     dot = DotUnit(**DOT)
     units += [(dot_top(dot), dot), ("fgmp_actq", ActivationQuantizer(**QUANTIZER)),
-              (f"fgmp_engine_l{DOT['lanes']}", Engine(**_engine()))]
+              (f"fgmp_engine_l{ENGINE_LANES}", Engine(**_engine()))]
     written = []
     for top, unit in units:
         path = write_verilog(unit, top, out / "verilog")
@@ -63,7 +66,7 @@ def _engine():
     from fgmp.e2e import engine_params
     from fgmp.golden.models.tiny_lm import TinyLMConfig
 
-    return engine_params(DOT["lanes"], TinyLMConfig().d_model)
+    return engine_params(ENGINE_LANES, TinyLMConfig().d_model)
 
 
 def _timed(function):
@@ -112,7 +115,7 @@ def _engine_bench(simulator, root):
 
     result, seconds = _timed(lambda: run_engine_bench(_engine(), simulator, root))
     report = result.report
-    return [Check(f"engine L={DOT['lanes']}", simulator, f"random layer, {report['rounds']} configurations",
+    return [Check(f"engine L={ENGINE_LANES}", simulator, f"random layer, {report['rounds']} configurations",
                   report["rounds"] * report["tokens"] * report["channels"] // 16, "blocks", report["checked"],
                   report["mismatches"], seconds, result.built)]
 
@@ -175,7 +178,7 @@ def run_demo(out, simulators, *, jobs, e2e_args):
             try:
                 summary = run_e2e(e2e_args, pool, say=lines.append, on_started=submit_hardware)
                 progress(f"end to end: {summary['bench']['checked'] - 1} outputs of {summary['layer']}, "
-                         f"{summary['bench']['mismatches']} mismatches; perplexity and energy done")
+                         f"{summary['bench']['mismatches']} mismatches; perplexity{' and energy' * e2e_args.energy} done")
                 checks = [check for future in hardware[:-1] for check in future.result()]
                 hardware[-1].result()
             except BaseException:
@@ -230,7 +233,7 @@ def _run(args):
     from fgmp.cli import build_parser
 
     e2e_args = build_parser().parse_args(["e2e", "--quiet", "--simulator", args.simulators[-1],
-                                          "--out", str(Path(args.out) / "e2e")])
+                                          "--out", str(Path(args.out) / "e2e"), *([] if args.energy else ["--no-energy"])])
     print(f"FGMP demo: every unit generated, linted and checked bit for bit against the golden model on "
           f"{' and '.join(args.simulators)}, then a layer of the embedded LM end to end\n", flush=True)
     checks, summary, lines, seconds = run_demo(args.out, args.simulators, jobs=args.jobs, e2e_args=e2e_args)
@@ -247,6 +250,8 @@ def add_command(commands):
                                             "end; print a report")
     demo.add_argument("--out", type=Path, default=Path("out/demo"))
     demo.add_argument("--simulators", nargs="+", choices=SIMULATORS, default=list(SIMULATORS))
+    demo.add_argument("--no-energy", dest="energy", action="store_false",
+                      help="leave out the energy proxy (its syntheses and toggle-counting builds take longest)")
     demo.add_argument("--jobs", type=int, default=default_jobs(),
                       help=f"simulations and syntheses run side by side (default {default_jobs()})")
     demo.set_defaults(func=reporting_errors(_run))

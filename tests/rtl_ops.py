@@ -140,6 +140,13 @@ def rtl_actq(unit, x, config, *, idle=0.0, backpressure=0.0, seed=0):
     it, one reduction per row, and return (codes (T, n, B) uint8, scales (T, n), precision (T, n), first/
     last markers, [fp8 blocks, nvfp4 blocks, table overflow flag]). Only as many sensitivity rows as the
     unit's table holds are loaded."""
+    return rtl_actq_rounds(unit, x, [config], idle=idle, backpressure=backpressure, seed=seed)[0]
+
+
+def rtl_actq_rounds(unit, x, configs, *, idle=0.0, backpressure=0.0, seed=0):
+    """rtl_actq for each of ``configs`` in turn, in one simulation: each round loads its configuration
+    through the port (which clears the counters), streams ``x`` and reads the counters once the unit has
+    emitted every block. Returns one rtl_actq result per configuration."""
     import torch
 
     B = unit.block_size
@@ -149,28 +156,33 @@ def rtl_actq(unit, x, config, *, idle=0.0, backpressure=0.0, seed=0):
     layout = unit.i.payload.shape()
     words = [layout.const({"values": bits[t][b * B:(b + 1) * B], "first": int(b == 0), "last": int(b == n - 1)})
              .as_value().value for t in range(rows) for b in range(n)]
-    config_values = _config_values(unit, config, unit.max_channels // B)
+    rounds = [_config_values(unit, config, unit.max_channels // B) for config in configs]
     outputs, counters = [], []
 
     def take(payload, cycle):
         outputs.append(([int(c) for c in payload.block.codes], int(payload.block.scale), int(payload.block.fp8),
                         int(payload.first), int(payload.last)))
 
-    async def read_counters(ctx):
-        while len(outputs) < len(words):
-            await ctx.tick()
-        await ctx.tick().repeat(4)
-        counters.extend([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks), ctx.get(unit.table_overflow)])
+    async def source(ctx):
+        rng = random.Random(seed)
+        for index, config_values in enumerate(rounds):
+            await _source(unit, words, idle=idle, rng=rng, accepted=[], config=config_values)(ctx)
+            while len(outputs) < (index + 1) * len(words):
+                await ctx.tick()
+            await ctx.tick().repeat(4)
+            counters.append([ctx.get(unit.fp8_blocks), ctx.get(unit.nvfp4_blocks), ctx.get(unit.table_overflow)])
 
-    _run(unit, _source(unit, words, idle=idle, rng=random.Random(seed), accepted=[], config=config_values),
-         _sink(unit, len(words), backpressure=backpressure, rng=random.Random(seed + 1),
-               cycle_limit=50 * len(words) + 10 * len(config_values) + 100, take=take),
-         read_counters)
-    codes = torch.tensor([o[0] for o in outputs], dtype=torch.uint8).reshape(rows, n, B)
-    scales = torch.tensor([o[1] for o in outputs], dtype=torch.uint8).reshape(rows, n)
-    precision = torch.tensor([o[2] for o in outputs], dtype=torch.bool).reshape(rows, n)
-    markers = [(o[3], o[4]) for o in outputs]
-    return codes, scales, precision, markers, counters
+    cycle_limit = len(rounds) * (50 * len(words) + 10 * len(rounds[0]) + 100)
+    _run(unit, source, _sink(unit, len(rounds) * len(words), backpressure=backpressure,
+                             rng=random.Random(seed + 1), cycle_limit=cycle_limit, take=take))
+    results = []
+    for index in range(len(rounds)):
+        chunk = outputs[index * len(words):(index + 1) * len(words)]
+        codes = torch.tensor([o[0] for o in chunk], dtype=torch.uint8).reshape(rows, n, B)
+        scales = torch.tensor([o[1] for o in chunk], dtype=torch.uint8).reshape(rows, n)
+        precision = torch.tensor([o[2] for o in chunk], dtype=torch.bool).reshape(rows, n)
+        results.append((codes, scales, precision, [(o[3], o[4]) for o in chunk], counters[index]))
+    return results
 
 
 def rtl_engine(unit, weights, x, config, *, idle=0.0, backpressure=0.0, seed=0):

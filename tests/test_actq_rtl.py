@@ -11,14 +11,18 @@ import torch
 from fgmp import golden
 from fgmp.hw import ActivationQuantizer
 from fgmp.sim.actq_stimuli import median_threshold, random_bf16
-from rtl_ops import rtl_actq
+from rtl_ops import rtl_actq, rtl_actq_rounds
 
 B = 16
 
 
 def _check(unit, x, config, **stalls):
+    return _check_result(unit, x, config, rtl_actq(unit, x, config, **stalls))
+
+
+def _check_result(unit, x, config, result):
     want = golden.quantize_activations(x, config, block_size=unit.block_size).blocks
-    codes, scales, precision, markers, counters = rtl_actq(unit, x, config, **stalls)
+    codes, scales, precision, markers, counters = result
     assert torch.equal(precision, want.precision)
     assert torch.equal(scales, want.scales)
     assert torch.equal(codes, want.codes)
@@ -35,9 +39,11 @@ def test_random_bf16_blocks_many_k_under_stalls(pipeline_stages):
     unit = ActivationQuantizer(max_channels=128, pipeline_stages=pipeline_stages)
     x = random_bf16(rng, (6, 64), nonfinite=0.01)
     f = torch.tensor([rng.randrange(0x7F) for _ in range(64)], dtype=torch.uint8)
-    for k in (rng.randint(-128, 127), rng.randint(-10, 10)):
-        config = golden.ActivationConfig(scale_exponent=k, threshold=median_threshold(x, f, k), sensitivities=f)
-        _check(unit, x, config, idle=0.3, backpressure=0.3, seed=k & 0xFF)
+    configs = [golden.ActivationConfig(scale_exponent=k, threshold=median_threshold(x, f, k), sensitivities=f)
+               for k in (rng.randint(-128, 127), rng.randint(-10, 10))]
+    for config, result in zip(configs, rtl_actq_rounds(unit, x, configs, idle=0.3, backpressure=0.3,
+                                                       seed=pipeline_stages)):
+        _check_result(unit, x, config, result)
 
 
 def test_extreme_scale_exponents_saturate_and_underflow():
@@ -45,8 +51,9 @@ def test_extreme_scale_exponents_saturate_and_underflow():
     unit = ActivationQuantizer(max_channels=32, pipeline_stages=1)
     x = random_bf16(rng, (4, 32))
     f = torch.full((32,), 0x38, dtype=torch.uint8)
-    for k in (-128, -64, 64, 127):
-        _check(unit, x, golden.ActivationConfig(scale_exponent=k, threshold=1.0, sensitivities=f))
+    configs = [golden.ActivationConfig(scale_exponent=k, threshold=1.0, sensitivities=f) for k in (-128, -64, 64, 127)]
+    for config, result in zip(configs, rtl_actq_rounds(unit, x, configs)):
+        _check_result(unit, x, config, result)
 
 
 def test_threshold_straddling_decides_like_golden():
@@ -57,13 +64,14 @@ def test_threshold_straddling_decides_like_golden():
     f = torch.tensor([rng.randrange(0x20, 0x60) for _ in range(64)], dtype=torch.uint8)
     scores = golden.quantize_activations(x, golden.ActivationConfig(scale_exponent=0, threshold=0.0,
                                                                     sensitivities=f)).scores
-    decided = set()
+    configs = []
     for score in scores.flatten().tolist()[:4]:
         nearest = torch.tensor(score, dtype=torch.float32)
         for t in (torch.nextafter(nearest, torch.tensor(0.0)), nearest, torch.nextafter(nearest, torch.tensor(math.inf))):
-            config = golden.ActivationConfig(scale_exponent=0, threshold=float(t), sensitivities=f)
-            want = _check(unit, x, config)
-            decided.add(int(want.precision.sum()))
+            configs.append(golden.ActivationConfig(scale_exponent=0, threshold=float(t), sensitivities=f))
+    # One simulation, the configuration rewritten through the port between rounds.
+    decided = {int(_check_result(unit, x, config, result).precision.sum())
+               for config, result in zip(configs, rtl_actq_rounds(unit, x, configs))}
     assert len(decided) > 1
 
 
