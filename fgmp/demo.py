@@ -160,8 +160,8 @@ def run_demo(out, simulators, *, jobs, e2e_args):
         with step_pool(jobs) as pool:
             torch.set_num_threads(torch_threads_beside(jobs))
 
-            def submit_hardware():  # after the end-to-end run's syntheses and builds: they take longest
-                verilog = pool.submit(_verilog, out)
+            def submit_hardware():  # behind every step of the end-to-end run, which waits for its steps
+                verilog = pool.defer(_verilog, out)
                 verilog.add_done_callback(lambda f: f.exception() or progress(
                     f"generated and linted {len(f.result())} modules (verilator -Wall) in {out / 'verilog'}"))
                 steps = [(_engine_bench, "verilator"), (_dot, "verilator"), (_quantizer, "verilator"),
@@ -169,7 +169,7 @@ def run_demo(out, simulators, *, jobs, e2e_args):
                          (_dot, "icarus"), (_decoders, "icarus")]
                 for step, simulator in steps:
                     if simulator in simulators:
-                        future = pool.submit(step, simulator, root)
+                        future = pool.defer(step, simulator, root)
                         future.add_done_callback(lambda f: f.exception() or _step_done(progress, f.result()))
                         hardware.append(future)
                 hardware.append(verilog)
@@ -210,7 +210,7 @@ def _print_report(checks, summary, lines, seconds, out, simulators):
     bad = sum(c.mismatches for c in checks) + bench["mismatches"]
     print("\n" + "=" * 100)
     print(f"Summary ({seconds / 60:.1f} min, {', '.join(simulators)})")
-    print(f"  checked   {values:,} outputs of {len(checks)} unit benches and the end-to-end layer against the "
+    print(f"  checked   {values:,} outputs of {len(checks)} unit suites and the end-to-end layer against the "
           f"golden model: {bad} mismatches")
     print(f"  layer     {summary['layer']}: {bench['tokens'] * bench['out_features']:,} FP32 outputs from real "
           f"activations, {bench['block_pairs']:,} block pairs in {bench['cycles']:,} cycles, {bench['mismatches']} "

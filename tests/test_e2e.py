@@ -100,7 +100,7 @@ def test_demo_from_elsewhere(out, elsewhere, capsys):
     assert bench["mismatches"] == 0 and bench["checked"] == 4 * 768 + 1
     printed = capsys.readouterr().out
     summary = printed[printed.index("Summary"):]
-    assert "outputs of 5 unit benches and the end-to-end layer against the golden model: 0 mismatches" in summary
+    assert "outputs of 5 unit suites and the end-to-end layer against the golden model: 0 mismatches" in summary
     assert "memory    5.763 bits per weight" in summary and "energy" not in summary
     assert f"outputs   {directory}" in summary
 
@@ -111,6 +111,7 @@ def test_demo_from_elsewhere(out, elsewhere, capsys):
     (["--tokens", "0"], "--tokens must be at least 1, not 0"),
     (["--tokens", "600"], "600 tokens need 3 evaluation windows; raise --eval-samples"),
     (["--energy-lanes", "0"], "--energy-lanes must be at least 1, not 0"),
+    (["--jobs", "0"], "--jobs must be at least 1, not 0"),
 ])
 def test_e2e_errors(tmp_path, capsys, args, message):
     assert main(["e2e", *FAST, *args, "--simulator", "icarus", "--out", str(tmp_path)]) == 2
