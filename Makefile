@@ -42,6 +42,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
 	$(BIN)/python -m pip install -q -e '.[test]'
+	@echo "compiling the YoWASP tools (Yosys, nextpnr) to machine code once"
+	$(BIN)/python -c 'from fgmp.flow.tools import warm_tools; warm_tools()'
 	touch $@
 
 clean:

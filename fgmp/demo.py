@@ -162,7 +162,7 @@ def run_demo(out, simulators, *, jobs, e2e_args):
 
             def submit_hardware():  # behind every step of the end-to-end run, which waits for its steps
                 verilog = pool.defer(_verilog, out)
-                verilog.add_done_callback(lambda f: f.exception() or progress(
+                verilog.add_done_callback(lambda f: f.cancelled() or f.exception() or progress(
                     f"generated and linted {len(f.result())} modules (verilator -Wall) in {out / 'verilog'}"))
                 steps = [(_engine_bench, "verilator"), (_dot, "verilator"), (_quantizer, "verilator"),
                          (_decoders, "verilator"), (_engine_bench, "icarus"), (_quantizer, "icarus"),
@@ -170,7 +170,7 @@ def run_demo(out, simulators, *, jobs, e2e_args):
                 for step, simulator in steps:
                     if simulator in simulators:
                         future = pool.defer(step, simulator, root)
-                        future.add_done_callback(lambda f: f.exception() or _step_done(progress, f.result()))
+                        future.add_done_callback(lambda f: f.cancelled() or f.exception() or _step_done(progress, f.result()))
                         hardware.append(future)
                 hardware.append(verilog)
                 progress(f"started {len(hardware)} hardware steps, {jobs} at a time; calibrating the model")

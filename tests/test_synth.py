@@ -314,3 +314,24 @@ def test_cli_a_unit_that_does_not_fit_is_an_error(monkeypatch, tmp_path, capsys)
     assert "does not fit" in captured.out
     assert "fgmp: error: FGMP dot L=8 P=1 does not fit Lattice iCE40UP5K SG48 (iCEBreaker): it needs 99999 LUT4" \
         in captured.err
+
+
+def test_the_first_run_of_a_yowasp_tool_waits_for_any_other(monkeypatch):
+    """A YoWASP tool's first run writes its compiled code into the shared cache in place; a second
+    process starting meanwhile dies of SIGBUS. warm_tool holds a machine-wide lock for that run."""
+    import fcntl
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from fgmp.flow import tools
+
+    monkeypatch.setattr(tools, "_WARM", set())
+    done = threading.Event()
+    with open(Path(tempfile.gettempdir()) / "fgmp-warm-yowasp-icepack.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another process warming the same tool would
+        waiter = threading.Thread(target=lambda: (tools.warm_tool("yowasp-icepack"), done.set()))
+        waiter.start()
+        assert not done.wait(2), "warm_tool ran the tool while another process held the lock"
+    waiter.join(60)
+    assert done.is_set() and "yowasp-icepack" in tools._WARM

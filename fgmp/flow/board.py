@@ -20,7 +20,7 @@ from amaranth.lib.wiring import Out
 
 from fgmp.hw import DotUnit
 
-from .tools import FlowError, tool_path
+from .tools import FlowError, tool_path, warm_tool
 
 __all__ = ["BOARDS", "SelfTest", "BoardSelfTest", "build_bitstream", "check_board", "BitstreamResult"]
 
@@ -166,6 +166,8 @@ def build_bitstream(board, unit_params, build_dir, **self_test):
     platform = factory()
     # do_build=False: amaranth's own check would also require the board's programmer; the flow only builds.
     plan = platform.build(design, name=SELF_TEST_TOP, build_dir=build_dir, do_build=False)
+    for tool in tools.values():
+        warm_tool(tool)
     env = {**os.environ, **{var: tool_path(tool) for var, tool in tools.items()}}
     try:
         plan.execute_local(build_dir, env=env)

@@ -1,16 +1,19 @@
 """The YoWASP tools the flow runs (pip dependencies of the project), located and run with clear errors."""
 
+import fcntl
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 from fgmp.toolchain import ToolchainError
 
-__all__ = ["FlowError", "DoesNotFit", "tool_path", "run_tool", "TOOLS", "cache_key", "load_cached", "store_cached",
-           "check_names"]
+__all__ = ["FlowError", "DoesNotFit", "tool_path", "run_tool", "warm_tool", "warm_tools", "TOOLS", "cache_key",
+           "load_cached", "store_cached", "check_names"]
 
 # Where pip put the tools when the venv is used without being activated.
 BIN_DIR = Path(sys.executable).parent
@@ -46,8 +49,35 @@ def tool_path(name):
     return found
 
 
+_WARM = set()
+_WARMING = threading.Lock()
+
+
+def warm_tool(name):
+    """Run a YoWASP tool once, alone among this machine's processes, before it runs side by side.
+
+    Its first run compiles the WebAssembly to machine code (Yosys: about half a minute) and writes it to
+    the YoWASP cache in place; a second process starting meanwhile maps the half-written file and dies
+    of SIGBUS (seen as exit -7). A lock file serialises that first run."""
+    with _WARMING:
+        if name in _WARM:
+            return
+        with open(Path(tempfile.gettempdir()) / f"fgmp-warm-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Any invocation compiles the code; some tools (icepack) answer --version with a usage error.
+            subprocess.run([tool_path(name), "--version"], capture_output=True)
+        _WARM.add(name)
+
+
+def warm_tools():
+    """Compile every YoWASP tool of the flow once (make setup does, so that later runs start at once)."""
+    for name in TOOLS:
+        warm_tool(name)
+
+
 def run_tool(name, args, *, cwd, log):
     """Run a tool in ``cwd`` with its output in ``log``; raise FlowError (with the log's tail) on failure."""
+    warm_tool(name)
     log = Path(cwd) / log
     with open(log, "w") as handle:
         result = subprocess.run([tool_path(name), *map(str, args)], cwd=cwd, stdout=handle,
