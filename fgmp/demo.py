@@ -49,13 +49,13 @@ def _verilog(out):
     from fgmp.sim.decoders import DECODER_FORMATS, decoder_top
     from fgmp.sim.dot import dot_top
 
-    units = [(decoder_top(name), Decoder(format=fmt)) for name, fmt in DECODER_FORMATS.items()]
+    units = [(decoder_top(name), Decoder(format=fmt), None) for name, fmt in DECODER_FORMATS.items()]
     dot = DotUnit(**DOT)
-    units += [(dot_top(dot), dot), ("fgmp_actq", ActivationQuantizer(**QUANTIZER)),
-              (f"fgmp_engine_l{ENGINE_LANES}", Engine(**_engine()))]
+    units += [(dot_top(dot), dot, DOT), ("fgmp_actq", ActivationQuantizer(**QUANTIZER), QUANTIZER),
+              (f"fgmp_engine_l{ENGINE_LANES}", Engine(**_engine()), _engine())]
     written = []
-    for top, unit in units:
-        path = write_verilog(unit, top, out / "verilog")
+    for top, unit, params in units:
+        path = write_verilog(unit, top, out / "verilog", params=params)
         lint(path, top)
         written.append((top, path))
     return written

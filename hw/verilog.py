@@ -17,6 +17,7 @@ WAIVERS = Path(__file__).with_name("verilator_waivers.vlt")
 # Elaboration and the in-process Yosys that Amaranth converts with keep module-level state; steps that
 # run side by side (fgmp.jobs) convert one unit at a time.
 _CONVERT = threading.Lock()
+_CONVERTED = {}  # (unit type, generator parameters, module name) -> Verilog, for write_verilog's ``params``
 
 
 class LintError(RuntimeError):
@@ -29,13 +30,26 @@ def to_verilog(component, name):
         return verilog.convert(component, name=name, emit_src=False)
 
 
-def write_verilog(component, name, directory):
+def write_verilog(component, name, directory, *, params=None):
     """Write ``<name>.v`` (file named after its module, as lint expects) and return its path. An
     identical file is left as it is and a changed one is replaced whole, so a simulator or Yosys
-    reading it meanwhile (fgmp.jobs) never sees it half-written."""
+    reading it meanwhile (fgmp.jobs) never sees it half-written.
+
+    ``params``: the generator parameters ``component`` was made from (a dict). With them, a unit of the
+    same type and parameters converted before in this process is not converted again: Amaranth takes
+    seconds for the activation unit and the engine, and a demo or test run writes each several times."""
     path = Path(directory) / f"{name}.v"
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = to_verilog(component, name)
+    key = None if params is None else (type(component).__qualname__, repr(sorted(params.items())), name)
+    with _CONVERT:
+        text = _CONVERTED.get(key)
+    if text is None:
+        text = to_verilog(component, name)
+        if key is not None:
+            with _CONVERT:
+                _CONVERTED[key] = text
+    else:
+        component._MustUse__silence = True  # made, not elaborated: its Verilog is known
     if not path.is_file() or path.read_text() != text:
         partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         partial.write_text(text)

@@ -64,17 +64,17 @@ def read_toggles(path, top):
 _TOGGLE_BUILD = ["--coverage-toggle", "--coverage-max-width", str(_MAX_WIDTH)]
 
 
-def _activity_source(unit, build_root):
+def _activity_source(unit, params, build_root):
     top = dot_top(unit)
     run_dir = (Path(build_root) / "verilator" /
                f"{top}_b{unit.block_size}_n{unit.max_blocks}_p{unit.pipeline_stages}_toggle").resolve()
-    return top, run_dir, write_verilog(unit, top, run_dir)
+    return top, run_dir, write_verilog(unit, top, run_dir, params=params)
 
 
 def build_activity_model(unit_params, build_root):
     """Build the toggle-counting Verilator model that run_dot_activity of the same unit and
     ``build_root`` will use, before its stimuli exist (sim.runner.build_model)."""
-    top, run_dir, source = _activity_source(DotUnit(**unit_params), build_root)
+    top, run_dir, source = _activity_source(DotUnit(**unit_params), unit_params, build_root)
     return build_model("verilator", [source], top, run_dir=run_dir, build_args=_TOGGLE_BUILD)[0]
 
 
@@ -83,7 +83,7 @@ def run_dot_activity(unit_params, reductions, build_root, *, seed=1):
     ``DotUnit(**unit_params)`` on Verilator at full rate; returns the Activity. The model is built once
     per unit (sim.runner.build_model)."""
     unit = DotUnit(**unit_params)
-    top, build_dir, source = _activity_source(unit, build_root)
+    top, build_dir, source = _activity_source(unit, unit_params, build_root)
     stimuli = build_dir / "reductions.pt"
     torch.save(reductions_state(reductions), stimuli)
     coverage = build_dir / "coverage.dat"

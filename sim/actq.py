@@ -12,7 +12,7 @@ __all__ = ["run_quantizer_bench", "run_engine_bench"]
 
 def _run(unit, top, test, unit_params, simulator, build_root, **config):
     build_dir = (Path(build_root) / simulator / top).resolve()
-    source = write_verilog(unit, top, build_dir)
+    source = write_verilog(unit, top, build_dir, params=unit_params)
     payload = {"unit": unit_params, **config}
     return run_bench(simulator=simulator, sources=[source], top=top, test_module="fgmp.sim.actq_bench",
                      build_dir=build_dir, extra_env={"FGMP_ACTQ_BENCH": json.dumps(payload)}, testcases=[test])

@@ -29,7 +29,7 @@ def run_dot_bench(unit_params, simulator, build_root, *, suites=tuple(SUITES), c
     unit = DotUnit(**unit_params)
     top = dot_top(unit)
     build_dir = (Path(build_root) / simulator / f"{top}_p{unit.pipeline_stages}").resolve()
-    source = write_verilog(unit, top, build_dir)
+    source = write_verilog(unit, top, build_dir, params=unit_params)
     config = {"unit": {**unit_params, "formats": list(unit.formats)}, "count": count,
               "max_reduction": max_reduction, "seed": seed, "idle": idle, "backpressure": backpressure}
     return run_bench(simulator=simulator, sources=[source], top=top, test_module="fgmp.sim.dot_bench",

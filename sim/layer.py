@@ -21,7 +21,7 @@ def run_layer_bench(unit_params, simulator, build_root, layer_dir, activations, 
     unit = Engine(**unit_params)
     top = f"fgmp_engine_l{unit.lanes}"
     build_dir = (Path(build_root) / simulator / top).resolve()
-    source = write_verilog(unit, top, build_dir)
+    source = write_verilog(unit, top, build_dir, params=unit_params)
     path = build_dir / "activations.pt"
     torch.save(activations.contiguous().view(torch.int16).clone(), path)
     payload = {"unit": unit_params, "layer_dir": str(Path(layer_dir).resolve()), "activations": str(path),

@@ -161,7 +161,7 @@ def synthesize(unit, target, workdir, *, reuse=False, breakdown=True):
     check_targets([target])
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    verilog = write_verilog(unit.component, unit.top, workdir)
+    verilog = write_verilog(unit.component, unit.top, workdir, params=unit.params)
     return synthesize_verilog(verilog, unit.top, unit.kind, target, workdir, label=unit.label, reuse=reuse,
                               breakdown=breakdown)
 
