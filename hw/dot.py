@@ -1,20 +1,27 @@
 """The FGMP dot-product unit (docs/numerics.md §8): L lanes, exact accumulation, one block pair per cycle."""
 
+from dataclasses import dataclass
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import leading_one
 from .decoder import Decoder
-from .formats import E2M1, E4M3, UE4M3
+from .formats import E2M1, E4M3, UE4M3, Format
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
-__all__ = ["DotUnit", "FORMATS", "block_layout"]
+__all__ = ["DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
 
 FORMATS = ("nvfp4", "fp8")
+# shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own.
+# split3: FP4xFP8 pairs (either order) on a third, middle-width path as well (docs/hardware.md).
+DATAPATHS = ("shared", "split", "split3")
 _CANONICAL_NAN = 0x7FC00000
 # E2M1 joins the E4M3 datapath exactly: same significand, exponent + 8 (bias 1 / 1 mantissa bit vs 7 / 3).
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
+_SCALE_SIGNIFICAND_BITS = 2 * UE4M3.significand_bits
+_SCALE_SHIFT_RANGE = 2 * ((1 << UE4M3.exponent_bits) - 1) - 1  # w + x exponent - 2: 0..28
 
 
 def _check_formats(formats):
@@ -27,6 +34,15 @@ def _check_formats(formats):
             raise ValueError(f"Unknown format {name!r}; choose from 'nvfp4', 'fp8'")
     if len(set(formats)) != len(formats):
         raise ValueError(f"Formats must not repeat, not {formats!r}")
+
+
+def _check_datapath(datapath, formats):
+    if not isinstance(datapath, str):
+        raise TypeError(f"Datapath must be one of {', '.join(map(repr, DATAPATHS))}, not {datapath!r}")
+    if datapath not in DATAPATHS:
+        raise ValueError(f"Unknown datapath {datapath!r}; choose from {', '.join(map(repr, DATAPATHS))}")
+    if datapath != "shared" and len(formats) != 2:
+        raise ValueError(f"The {datapath} datapath needs both formats ('nvfp4', 'fp8'), not {formats!r}")
 
 
 def block_layout(formats, block_size):
@@ -43,6 +59,44 @@ def _ceil_log2(n):
     return max(n - 1, 0).bit_length()
 
 
+@dataclass(frozen=True)
+class _Path:
+    """One lane's element multipliers, adder tree and scale multiply for operands in formats ``a`` x ``b``
+    (decoded form, numerics §7). Its signals are named with ``prefix``; products are integers at
+    ``lsb_exponent``, and its terms join the accumulator shifted up to the widest path's LSB."""
+
+    prefix: str
+    a: Format
+    b: Format
+
+    @property
+    def product_bits(self):
+        return (self.a.significand_bits + self.b.significand_bits + (1 << self.a.exponent_bits) - 2
+                + (1 << self.b.exponent_bits) - 2)
+
+    @property
+    def max_shift(self):
+        """Largest product alignment, a + b exponent - 2 (subnormals decode to exponent 1)."""
+        return (1 << self.a.exponent_bits) + (1 << self.b.exponent_bits) - 4
+
+    @property
+    def lsb_exponent(self):
+        return 2 - (self.a.bias + self.a.mantissa_bits) - (self.b.bias + self.b.mantissa_bits)
+
+    def block_sum_bits(self, block_size):
+        return self.product_bits + _ceil_log2(block_size)
+
+    def term_bits(self, block_size):
+        """Signed bits of block sum x scale significand product << scale shift."""
+        return self.block_sum_bits(block_size) + 1 + _SCALE_SIGNIFICAND_BITS + _SCALE_SHIFT_RANGE - 1
+
+
+# The paths a datapath runs, widest first; a pairing runs on the path of its element formats.
+_WIDE, _WIDE_FP4 = _Path("", E4M3, E4M3), _Path("", E2M1, E2M1)
+_NARROW = _Path("n", E2M1, E2M1)  # FP4 x FP4
+_MIXED = _Path("m", E2M1, E4M3)  # the NVFP4 operand x the FP8 one, whichever side each comes from
+
+
 class DotUnit(wiring.Component):
     """One activation block broadcast to ``lanes`` weight blocks; each lane accumulates exactly over a
     reduction and emits RNE_FP32 of the sum (numerics §8).
@@ -51,24 +105,30 @@ class DotUnit(wiring.Component):
     longest reduction in blocks that stays exact (sets the accumulator width; longer ones raise the
     ``overflow`` flag); ``pipeline_stages`` in 0..3, extra register cuts (after the adder tree, after the
     element products, after the scale multiply, in that order); ``formats``, a tuple of 'nvfp4' and/or
-    'fp8' (FGMP, FP8-only or FP4-only units).
+    'fp8' (FGMP, FP8-only or FP4-only units); ``datapath`` (FGMP units): 'shared' runs every pairing on
+    one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own and 'split3' FP4xFP8
+    pairs on a third one too. The split datapaths register each path's operands and load them only in
+    the cycles the path is used, so an idle path holds still; that register adds one cycle of latency.
 
     Ports: ``i`` (In stream of ``{activation, weights[lanes], first, last}``), ``o`` (Out stream of
     ``{results[lanes] (FP32 bits), overflow}``, one transfer per reduction). A block with ``first`` set,
     or the first block after a ``last``, starts a reduction; ``last`` ends it. Every cycle that ``o`` is not stalled, ``i`` is ready.
     """
 
-    def __init__(self, *, lanes, block_size=16, max_blocks=1024, pipeline_stages=1, formats=FORMATS):
+    def __init__(self, *, lanes, block_size=16, max_blocks=1024, pipeline_stages=1, formats=FORMATS,
+                 datapath="shared"):
         check_count("Lanes", lanes, 1)
         check_count("Block size", block_size, 1)
         check_count("Maximum blocks", max_blocks, 1)
         check_pipeline_stages(pipeline_stages)
         _check_formats(formats)
+        _check_datapath(datapath, formats)
         self._lanes = lanes
         self._block_size = block_size
         self._max_blocks = max_blocks
         self._pipeline_stages = pipeline_stages
         self._formats = tuple(f for f in FORMATS if f in formats)
+        self._datapath = datapath
         # The largest magnitude, 2**(width - 1) units, may round up one binade: its exponent must stay <= 127.
         if self.accumulator_width + self.accumulator_lsb_exponent > 127:
             raise ValueError(f"A reduction of {max_blocks} blocks of {block_size} elements can exceed the FP32 "
@@ -103,25 +163,32 @@ class DotUnit(wiring.Component):
         return self._formats
 
     @property
+    def datapath(self):
+        return self._datapath
+
+    @property
+    def _paths(self):
+        wide = _WIDE if "fp8" in self._formats else _WIDE_FP4
+        return {"shared": (wide,), "split": (wide, _NARROW), "split3": (wide, _NARROW, _MIXED)}[self._datapath]
+
+    @property
     def _element_format(self):
-        """The unpacked form the multipliers see: E4M3's whenever FP8 is enabled, else E2M1's."""
-        return E4M3 if "fp8" in self._formats else E2M1
+        """The unpacked form the widest multipliers see: E4M3's whenever FP8 is enabled, else E2M1's."""
+        return self._paths[0].a
 
     @property
     def product_bits(self):
-        fmt = self._element_format
-        max_exponent = (1 << fmt.exponent_bits) - 1
-        return 2 * fmt.significand_bits + 2 * max_exponent - 2
+        return self._paths[0].product_bits
 
     @property
     def block_sum_bits(self):
-        return self.product_bits + _ceil_log2(self._block_size)
+        return self._paths[0].block_sum_bits(self._block_size)
 
     @property
     def product_lsb_exponent(self):
-        """Element products are integers at this power of two (-18 with FP8, -2 for FP4-only)."""
-        fmt = self._element_format
-        return 2 - 2 * (fmt.bias + fmt.mantissa_bits)
+        """Element products of the widest path are integers at this power of two (-18 with FP8, -2 for
+        FP4-only)."""
+        return self._paths[0].lsb_exponent
 
     @property
     def accumulator_lsb_exponent(self):
@@ -130,17 +197,18 @@ class DotUnit(wiring.Component):
     @property
     def accumulator_width(self):
         """Two's complement bits: exact for any reduction of up to ``max_blocks`` blocks (numerics §8.1)."""
-        scale_bits = 2 * UE4M3.significand_bits + 2 * ((1 << UE4M3.exponent_bits) - 1) - 2
-        return self.block_sum_bits + scale_bits + _ceil_log2(self._max_blocks) + 1
+        return self._paths[0].term_bits(self._block_size) + _ceil_log2(self._max_blocks)
 
     @property
     def latency(self):
         """Cycles from the edge that takes a reduction's last block to the earliest edge that can
         transfer its result (``o.valid`` rises one cycle before)."""
-        return self._pipeline_stages + 2
+        return self._pipeline_stages + 2 + (self._datapath != "shared")
 
     def _decode_element(self, m, name, code, fp8):
-        """(sign, significand, exponent, nan) of one element in the common unpacked form."""
+        """({format: (sign, significand, exponent)}, NaN flag) of one element. The widest path's format
+        (E4M3 whenever FP8 is enabled, NVFP4 elements promoted into it; else E2M1) is always there; the
+        split datapaths add the E2M1 form and, for the mixed path, the FP8 operand's own form."""
         fmt = self._element_format
         sign = Signal(name=f"{name}_sign")
         significand = Signal(fmt.significand_bits, name=f"{name}_sig")
@@ -165,7 +233,12 @@ class DotUnit(wiring.Component):
                          exponent.eq(decoded.exponent)]
             if "fp8" in self._formats:
                 m.d.comb += nan.eq(decoded.nan)
-        return sign, significand, exponent, nan
+        forms = {fmt: (sign, significand, exponent)}
+        if self._datapath != "shared":
+            forms[E2M1] = (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
+        if self._datapath == "split3":
+            forms["fp8"] = (e4m3.decoded.sign, e4m3.decoded.significand, e4m3.decoded.exponent)
+        return forms, fp8 & nan
 
     def _decode_scale(self, m, name, code):
         m.submodules[name] = decoder = Decoder(format=UE4M3)
@@ -218,70 +291,145 @@ class DotUnit(wiring.Component):
             m.d.comb += bits.eq(Cat(rounded[:23], exponent, value < 0))
         return bits
 
+    def _operands(self, lane, path, x_elements, w_elements, activation_fp8):
+        """[(a, b)] element operand pairs of ``path`` in one lane; the mixed path puts the NVFP4 element first."""
+        if path is _MIXED:
+            return [tuple(Mux(activation_fp8, w, x) for w, x in zip(w_forms[E2M1], x_forms[E2M1])) +
+                    tuple(Mux(activation_fp8, x, w) for x, w in zip(x_forms["fp8"], w_forms["fp8"]))
+                    for x_forms, w_forms in zip(x_elements, w_elements)]
+        return [x_forms[path.a] + w_forms[path.b] for x_forms, w_forms in zip(x_elements, w_elements)]
+
+    def _hold_operands(self, m, enable, load, lane, path, operands, scale):
+        """The path's operand registers: loaded only when ``load`` (the lane's pair runs on this path),
+        held otherwise, so the path's logic sees no new values in the cycles it is not used."""
+        held = []
+        for i, fields in enumerate(operands):
+            registers = []
+            for role, value in zip(("a_sign", "a_sig", "a_exp", "b_sign", "b_sig", "b_exp"), fields):
+                register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}")
+                with m.If(enable & load):
+                    m.d.sync += register.eq(value)
+                registers.append(register)
+            held.append(tuple(registers))
+        scale_registers = []
+        for role, value in zip(("ssig", "sshift"), scale):
+            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}")
+            with m.If(enable & load):
+                m.d.sync += register.eq(value)
+            scale_registers.append(register)
+        return held, tuple(scale_registers)
+
     def elaborate(self, platform):
         m = Module()
         pipeline = StallPipeline(m, self.i, self.o)
         enable, cut = pipeline.enable, pipeline.cut
+        paths = self._paths
+        split = self._datapath != "shared"
 
         cuts = {"tree": self._pipeline_stages >= 1, "products": self._pipeline_stages >= 2,
                 "term": self._pipeline_stages >= 3}
         payload = self.i.payload
         activation_fp8 = self._fp8_bit(payload.activation)
-        x_elements = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8)
-                      for i in range(self._block_size)]
+        x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8)
+                     for i in range(self._block_size)]
+        x_elements = [forms for forms, _ in x_decoded]
         x_scale = self._decode_scale(m, "x_scale", payload.activation.scale)
-        x_nan = Cat(activation_fp8 & e[3] for e in x_elements).any() | x_scale.nan
+        x_nan = Cat(nan for _, nan in x_decoded).any() | x_scale.nan
 
-        product_width = self.product_bits + 1
-        stage1 = []  # per lane: element products, scale significand product, scale shift, NaN
+        # Per lane: the decoded weight block, the scale product, the NaN flag and the path of the pair.
+        lanes = []
         for lane in range(self._lanes):
             weights = payload.weights[lane]
             weight_fp8 = self._fp8_bit(weights)
-            products = []
-            lane_nan = x_nan
-            for i in range(self._block_size):
-                ws, wsig, wexp, wnan = self._decode_element(m, f"w{lane}_{i}", weights.codes[i], weight_fp8)
-                xs, xsig, xexp, _ = x_elements[i]
-                product = Signal(signed(product_width), name=f"p{lane}_{i}")
-                shift = Signal(range(2 * (1 << len(wexp)) - 3), name=f"p{lane}_{i}_shift")
-                m.d.comb += shift.eq(wexp + xexp - 2)
-                magnitude = (wsig * xsig) << shift
-                m.d.comb += product.eq(Mux(ws ^ xs, -magnitude, magnitude))
-                products.append(product)
-                lane_nan = lane_nan | (weight_fp8 & wnan)
+            w_decoded = [self._decode_element(m, f"w{lane}_{i}", weights.codes[i], weight_fp8)
+                         for i in range(self._block_size)]
             w_scale = self._decode_scale(m, f"w{lane}_scale", weights.scale)
-            scale_significand = Signal(2 * UE4M3.significand_bits, name=f"s{lane}_sig")
-            scale_shift = Signal(range(2 * ((1 << UE4M3.exponent_bits) - 1) - 1), name=f"s{lane}_shift")
+            scale_significand = Signal(_SCALE_SIGNIFICAND_BITS, name=f"s{lane}_sig")
+            scale_shift = Signal(range(_SCALE_SHIFT_RANGE), name=f"s{lane}_shift")
             nan = Signal(name=f"n{lane}")
             m.d.comb += [scale_significand.eq(w_scale.significand * x_scale.significand),
                          scale_shift.eq(w_scale.exponent + x_scale.exponent - 2),
-                         nan.eq(lane_nan | w_scale.nan)]
-            stage1.append((products, scale_significand, scale_shift, nan))
+                         nan.eq(Cat(x_nan, *(n for _, n in w_decoded)).any() | w_scale.nan)]
+            # One-hot over the paths after the first: [FP4 x FP4, FP4 x FP8]; none set: the widest path.
+            selects = []
+            if split:
+                narrow = Signal(name=f"sel{lane}_fp4")
+                m.d.comb += narrow.eq(~activation_fp8 & ~weight_fp8)
+                selects.append(narrow)
+            if self._datapath == "split3":
+                mixed = Signal(name=f"sel{lane}_mixed")
+                m.d.comb += mixed.eq(activation_fp8 ^ weight_fp8)
+                selects.append(mixed)
+            operands = {path: self._operands(lane, path, x_elements, [f for f, _ in w_decoded], activation_fp8)
+                        for path in paths}
+            lanes.append((operands, (scale_significand, scale_shift), nan, selects))
 
-        flat = [s for products, sig, shift, nan in stage1 for s in (*products, sig, shift, nan)]
-        valid, flat = cut(self.i.valid, flat + [payload.first, payload.last], cuts["products"])
+        valid, first, last = self.i.valid, payload.first, payload.last
+        if split:
+            # The split datapaths' operand registers: a path loads only in the cycles it runs a pair.
+            held = []
+            for lane, (operands, scale, nan, selects) in enumerate(lanes):
+                wide_load = ~Cat(*selects).any()
+                loads = [wide_load, *selects]
+                held.append(({path: self._hold_operands(m, enable, self.i.valid & load, lane, path,
+                                                        operands[path], scale)
+                              for path, load in zip(paths, loads)}, nan, selects))
+            control = [s for _, nan, selects in held for s in (nan, *selects)]
+            valid, registered = cut(valid, control + [first, last], True)
+            first, last = registered[-2:]
+            per_lane = 1 + len(paths) - 1
+            lanes = [(held[lane][0], registered[lane * per_lane], registered[lane * per_lane + 1:(lane + 1) * per_lane])
+                     for lane in range(self._lanes)]
+        else:
+            lanes = [({paths[0]: (operands[paths[0]], scale)}, nan, selects)
+                     for operands, scale, nan, selects in lanes]
+
+        # Element products, per lane and path.
+        stage1 = []
+        for lane, (by_path, nan, selects) in enumerate(lanes):
+            for path in paths:
+                operands, (scale_significand, scale_shift) = by_path[path]
+                for i, (xs, xsig, xexp, ws, wsig, wexp) in enumerate(operands):  # (a, b): activation, weight
+                    product = Signal(signed(path.product_bits + 1), name=f"{path.prefix}p{lane}_{i}")
+                    shift = Signal(range(path.max_shift + 1), name=f"{path.prefix}p{lane}_{i}_shift")
+                    m.d.comb += shift.eq(wexp + xexp - 2)
+                    magnitude = (wsig * xsig) << shift
+                    m.d.comb += product.eq(Mux(ws ^ xs, -magnitude, magnitude))
+                    stage1.append(product)
+                stage1 += [scale_significand, scale_shift]
+            stage1 += [nan, *selects]
+        valid, flat = cut(valid, stage1 + [first, last], cuts["products"])
         first, last = flat[-2:]
-        per_lane = self._block_size + 3
 
-        stage2 = []
+        # Adder trees, per lane and path.
+        stage2, at = [], 0
         for lane in range(self._lanes):
-            chunk = flat[lane * per_lane : (lane + 1) * per_lane]
-            products, sig, shift, nan = chunk[: self._block_size], *chunk[self._block_size :]
-            block_sum = self._tree_sum(m, products, self.block_sum_bits + 1, f"t{lane}")
-            total = Signal(signed(self.block_sum_bits + 1), name=f"sum{lane}")
-            m.d.comb += total.eq(block_sum)
-            stage2 += [total, sig, shift, nan]
+            for path in paths:
+                products = flat[at:at + self._block_size]
+                sig, shift = flat[at + self._block_size:at + self._block_size + 2]
+                at += self._block_size + 2
+                width = path.block_sum_bits(self._block_size) + 1
+                block_sum = self._tree_sum(m, products, width, f"{path.prefix}t{lane}")
+                total = Signal(signed(width), name=f"{path.prefix}sum{lane}")
+                m.d.comb += total.eq(block_sum)
+                stage2 += [total, sig, shift]
+            stage2 += flat[at:at + len(paths)]  # nan, selects
+            at += len(paths)
         valid, flat = cut(valid, stage2 + [first, last], cuts["tree"])
         first, last = flat[-2:]
 
-        term_width = self.accumulator_width - _ceil_log2(self._max_blocks)
-        stage3 = []
+        # Block terms (block sum x scale product), per lane and path.
+        stage3, at = [], 0
         for lane in range(self._lanes):
-            total, sig, shift, nan = flat[lane * 4 : lane * 4 + 4]
-            term = Signal(signed(term_width), name=f"term{lane}")
-            # Mixed signedness: Amaranth zero-extends the unsigned significand product before multiplying.
-            m.d.comb += term.eq((total * sig) << shift)
-            stage3 += [term, nan]
+            for path in paths:
+                total, sig, shift = flat[at:at + 3]
+                at += 3
+                term = Signal(signed(path.term_bits(self._block_size)), name=f"{path.prefix}term{lane}")
+                # Mixed signedness: Amaranth zero-extends the unsigned significand product before multiplying.
+                m.d.comb += term.eq((total * sig) << shift)
+                stage3.append(term)
+            stage3 += flat[at:at + len(paths)]
+            at += len(paths)
         valid, flat = cut(valid, stage3 + [first, last], cuts["term"])
         first, last = flat[-2:]
 
@@ -297,9 +445,18 @@ class DotUnit(wiring.Component):
         final_valid = Signal()
         final_overflow = Signal()
         finals = []
+        per_lane = 2 * len(paths)
         for lane in range(self._lanes):
-            term, nan = flat[lane * 2 : lane * 2 + 2]
+            terms = flat[lane * per_lane:lane * per_lane + len(paths)]
+            nan, *selects = flat[lane * per_lane + len(paths):(lane + 1) * per_lane]
             accumulator = Signal(signed(self.accumulator_width), name=f"acc{lane}")
+            term = terms[0]
+            if split:  # the pair's path, its term moved up to the accumulator's LSB
+                term = Signal(signed(self.accumulator_width), name=f"acc{lane}_term")
+                chosen = terms[0]
+                for path, path_term, select in zip(paths[1:], terms[1:], selects):
+                    chosen = Mux(select, path_term << (path.lsb_exponent - paths[0].lsb_exponent), chosen)
+                m.d.comb += term.eq(chosen)
             accumulator_nan = Signal(name=f"acc{lane}_nan")
             summed = Signal.like(accumulator, name=f"acc{lane}_next")
             summed_nan = Signal(name=f"acc{lane}_next_nan")

@@ -39,6 +39,28 @@ def test_fgmp_unit_matches_golden_under_stalls(pipeline_stages):
     assert len(results) == 50 and not any(overflows)
 
 
+@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+@pytest.mark.parametrize("datapath", ["split", "split3"])
+def test_split_datapaths_match_golden_under_stalls(datapath, pipeline_stages):
+    """Every pairing on its own path, the paths switching from block to block and lane to lane."""
+    unit = DotUnit(lanes=3, pipeline_stages=pipeline_stages, max_blocks=32, datapath=datapath)
+    reductions = random_reductions(lanes=3, formats=unit.formats, block_size=B, count=30, max_blocks=12,
+                                   seed=10 + pipeline_stages)
+    results, overflows, _, _ = rtl_dot(unit, reductions, idle=0.3, backpressure=0.4, seed=pipeline_stages)
+    assert results == expected_results(reductions)
+    assert not any(overflows)
+
+
+@pytest.mark.parametrize("datapath", ["split", "split3"])
+def test_split_datapaths_every_fp4_code_against_every_fp4_and_fp8_activation(datapath):
+    """The FP4xFP4 path and (split3) the FP4xFP8 path on every NVFP4 weight code (cocotb covers all pairs)."""
+    unit = DotUnit(lanes=16, pipeline_stages=0, datapath=datapath)
+    reductions, _ = exhaustive_reductions(lanes=16, formats=unit.formats, block_size=B)
+    subset = [r for r in reductions if not r.weights.precision.any()]
+    results, _, _, _ = rtl_dot(unit, subset)
+    assert results == expected_results(subset)
+
+
 @pytest.mark.parametrize("formats,lanes", [(("fp8",), 3), (("nvfp4",), 3), (("nvfp4", "fp8"), 1)])
 def test_variants_match_golden_under_stalls(formats, lanes):
     unit = DotUnit(lanes=lanes, formats=formats, pipeline_stages=1, max_blocks=32)
@@ -66,16 +88,17 @@ def test_mixed_pairings_every_fp4_code_against_every_fp4_and_fp8_activation():
 
 
 @pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
-def test_full_rate_throughput_and_latency(pipeline_stages):
+@pytest.mark.parametrize("datapath", ["shared", "split"])
+def test_full_rate_throughput_and_latency(pipeline_stages, datapath):
     """Without idle or back-pressure the unit takes a block pair on every cycle (II = 1), and a result
-    appears ``latency`` cycles after its last block."""
-    unit = DotUnit(lanes=2, pipeline_stages=pipeline_stages)
+    appears ``latency`` cycles after its last block; the split datapath's operand registers add one."""
+    unit = DotUnit(lanes=2, pipeline_stages=pipeline_stages, datapath=datapath)
     reductions = random_reductions(lanes=2, formats=unit.formats, block_size=B, count=20, max_blocks=6, seed=1)
     results, _, accepted, delivered = rtl_dot(unit, reductions)
     assert results == expected_results(reductions)
     total = sum(r.blocks for r in reductions)
     assert accepted == list(range(accepted[0], accepted[0] + total))
-    assert unit.latency == pipeline_stages + 2
+    assert unit.latency == pipeline_stages + 2 + (datapath == "split")
     last_blocks = [accepted[sum(r.blocks for r in reductions[:k + 1]) - 1] for k in range(len(reductions))]
     assert [d - a for d, a in zip(delivered, last_blocks)] == [unit.latency] * len(reductions)
 
@@ -111,8 +134,9 @@ def test_block_after_last_starts_a_new_reduction_without_first():
     assert results == expected_results(reductions) == [[0x42000000], [0x42800000]]  # 32.0, 64.0
 
 
-def test_nan_stays_in_its_lane_and_clears_with_the_next_reduction():
-    unit = DotUnit(lanes=2, pipeline_stages=0)
+@pytest.mark.parametrize("datapath", ["shared", "split3"])
+def test_nan_stays_in_its_lane_and_clears_with_the_next_reduction(datapath):
+    unit = DotUnit(lanes=2, pipeline_stages=0, datapath=datapath)
     poisoned = _bt([[[0x38] * B] * 2, [[0x38] * B] * 2], [[ONE_SCALE, 0x7F], [ONE_SCALE] * 2], [[True] * 2] * 2)
     clean = _uniform(2, 2, 0x38, ONE_SCALE)
     x = _uniform(1, 2, 0x38, ONE_SCALE)
@@ -120,13 +144,14 @@ def test_nan_stays_in_its_lane_and_clears_with_the_next_reduction():
     assert results == [[NAN, 0x42000000], [0x42000000, 0x42000000]]
 
 
-def test_fgmp_unit_ignores_the_high_nibble_of_nvfp4_codes():
-    unit = DotUnit(lanes=1, pipeline_stages=0)
-    x = _uniform(1, 1, 0x38, ONE_SCALE)
+@pytest.mark.parametrize("datapath", ["shared", "split", "split3"])
+def test_fgmp_unit_ignores_the_high_nibble_of_nvfp4_codes(datapath):
+    unit = DotUnit(lanes=1, pipeline_stages=0, datapath=datapath)
     clean = _uniform(1, 1, 0x03, ONE_SCALE, fp8=False)  # E2M1 1.5
     dirty = _uniform(1, 1, 0xF3, ONE_SCALE, fp8=False)
-    results, _, _, _ = rtl_dot(unit, [Reduction(clean, x), Reduction(dirty, x)])
-    assert results == [[0x41C00000], [0x41C00000]]  # 16 * 1.5 = 24.0
+    for x in (_uniform(1, 1, 0x38, ONE_SCALE), _uniform(1, 1, 0x02, ONE_SCALE, fp8=False)):  # FP8 1.0, E2M1 1.0
+        results, _, _, _ = rtl_dot(unit, [Reduction(clean, x), Reduction(dirty, x)])
+        assert results == [[0x41C00000], [0x41C00000]]  # 16 * 1.5 = 24.0
 
 
 def test_widths_follow_the_numerics_contract():
@@ -139,6 +164,10 @@ def test_widths_follow_the_numerics_contract():
     assert (fp4.product_bits, fp4.product_lsb_exponent, fp4.accumulator_lsb_exponent) == (8, -2, -20)
     assert fp4.accumulator_width < fgmp.accumulator_width
     assert DotUnit(lanes=1, formats=("fp8", "nvfp4")).formats == ("nvfp4", "fp8")
+    for datapath in ("split", "split3"):  # the narrow paths join the same exact accumulator
+        split = DotUnit(lanes=1, datapath=datapath)
+        assert (split.product_bits, split.product_lsb_exponent, split.accumulator_width) == (36, -18, 87)
+        assert split.datapath == datapath and fgmp.datapath == "shared"
 
 
 def test_properties_are_read_only():
@@ -160,6 +189,12 @@ def test_properties_are_read_only():
     ({"lanes": 1, "formats": ()}, ValueError, "Formats must name at least one of 'nvfp4', 'fp8'"),
     ({"lanes": 1, "formats": ("fp6",)}, ValueError, "Unknown format 'fp6'; choose from 'nvfp4', 'fp8'"),
     ({"lanes": 1, "formats": ("fp8", "fp8")}, ValueError, "Formats must not repeat, not ('fp8', 'fp8')"),
+    ({"lanes": 1, "datapath": "wide"}, ValueError, "Unknown datapath 'wide'; choose from 'shared', 'split', 'split3'"),
+    ({"lanes": 1, "datapath": None}, TypeError, "Datapath must be one of 'shared', 'split', 'split3', not None"),
+    ({"lanes": 1, "formats": ("fp8",), "datapath": "split"}, ValueError,
+     "The split datapath needs both formats ('nvfp4', 'fp8'), not ('fp8',)"),
+    ({"lanes": 1, "formats": ("nvfp4",), "datapath": "split3"}, ValueError,
+     "The split3 datapath needs both formats ('nvfp4', 'fp8'), not ('nvfp4',)"),
 ])
 def test_invalid_parameters_raise_clear_errors(kwargs, error, message):
     with pytest.raises(error) as info:
