@@ -136,19 +136,18 @@ def main(argv=None):
     timing = []
     if args.timing:
         # Every depth for FGMP; the baselines at the default depth (their critical path is the same stage).
-        ecp5 = [("dot", {"lanes": args.timing_lanes, "pipeline_stages": p, "formats": VARIANTS["FGMP"]})
+        ecp5 = [("dot", {"lanes": args.timing_lanes, "pipeline_stages": p, **VARIANTS["FGMP"]})
                 for p in args.stages]
-        ecp5 += [("dot", {"lanes": args.timing_lanes, "pipeline_stages": 1, "formats": VARIANTS[v]})
-                 for v in ("FP8-only", "FP4-only")]
+        ecp5 += [("dot", {"lanes": args.timing_lanes, "pipeline_stages": 1, **VARIANTS[v]})
+                 for v in ("FGMP split", "FP8-only", "FP4-only")]
         if args.goal_lanes != args.timing_lanes:  # one point at the goal's lane count, deepest pipeline
-            ecp5 += [("dot", {"lanes": args.goal_lanes, "pipeline_stages": max(args.stages),
-                              "formats": VARIANTS["FGMP"]})]
+            ecp5 += [("dot", {"lanes": args.goal_lanes, "pipeline_stages": max(args.stages), **VARIANTS["FGMP"]})]
         if args.actq_timing:
             ecp5 += [("actq", {"max_channels": args.max_channels}), ("engine", {"lanes": 1})]
         ecp5 += [("decoder", {"format": "e4m3"})]
         timing += timing_sweep(ecp5, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
                                progress=log)
-        ice40 = [("dot", {"lanes": 1, "pipeline_stages": 1, "formats": f}) for f in VARIANTS.values()]
+        ice40 = [("dot", {"lanes": 1, "pipeline_stages": 1, **VARIANTS[v]}) for v in ("FGMP", "FP8-only", "FP4-only")]
         ice40 += [("decoder", {"format": "e4m3"})]
         timing += timing_sweep(ice40, args.ice40, args.out / "timing", reuse=args.reuse, jobs=args.jobs,
                                progress=log)

@@ -23,7 +23,7 @@ def _generate_decoders(args):
 
 def _dot_params(args):
     return {"lanes": args.lanes, "block_size": args.block_size, "max_blocks": args.max_blocks,
-            "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats)}
+            "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats), "datapath": args.datapath}
 
 
 def _generate_dot(args):
@@ -41,7 +41,8 @@ def _generate_dot(args):
     if args.lint:
         lint(path, top)
     print(f"wrote {path}" + (" (verilator -Wall lint clean)" if args.lint else ""))
-    print(f"  {unit.lanes} lanes x {unit.block_size} elements, formats {'+'.join(unit.formats)}, "
+    print(f"  {unit.lanes} lanes x {unit.block_size} elements, formats {'+'.join(unit.formats)}, {unit.datapath} "
+          f"datapath, "
           f"accumulator {unit.accumulator_width} bits (exact up to {unit.max_blocks} blocks), "
           f"latency {unit.latency} cycles, one block pair per cycle")
     return 0
@@ -73,6 +74,7 @@ def _generate_actq(args):
 
 
 def build_parser():
+    from fgmp.hw.dot import DATAPATHS
     from fgmp.sim.decoders import DECODER_FORMATS
 
     parser = argparse.ArgumentParser(prog="fgmp", description=__doc__)
@@ -95,6 +97,9 @@ def build_parser():
     dot.add_argument("--pipeline-stages", type=int, default=1, help="extra register cuts, 0..3 (default 1)")
     dot.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], default=["nvfp4", "fp8"],
                      help="element formats: both for FGMP, one for the single-precision baselines")
+    dot.add_argument("--datapath", choices=DATAPATHS, default="shared",
+                     help="FGMP units: 'shared' (one FP8-width path), 'split' (FP4xFP4 pairs on a narrow path of "
+                          "their own) or 'split3' (FP4xFP8 pairs on a third path too); docs/hardware.md")
     dot.add_argument("--name", help="Verilog module name (default e.g. fgmp_dot_l4)")
     dot.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
     dot.add_argument("--no-lint", dest="lint", action="store_false",

@@ -22,7 +22,7 @@ import torch
 
 from fgmp.flow.area import synthesize
 from fgmp.flow.groups import CONTROL, GROUP_RULES, name_group
-from fgmp.flow.units import make_unit
+from fgmp.flow.units import DOT_VARIANTS, make_unit
 from fgmp.hw.pipeline import check_count
 from fgmp.jobs import Inline
 from fgmp.sim.activity import build_activity_model, run_dot_activity
@@ -154,7 +154,7 @@ def _combine(area, activities):
     return [energy_proxy(label, activity, area) for label, activity in activities.result().items()]
 
 
-UNIT_FORMATS = {"FGMP": ("nvfp4", "fp8"), "FP8-only": ("fp8",), "FP4-only": ("nvfp4",)}
+UNIT_FORMATS = DOT_VARIANTS  # a variant's name -> the generator parameters of its dot unit
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def uniform_case(label, calibration, name, x, precision):
 def _variant_params(variant, lanes, pipeline_stages):
     if variant not in UNIT_FORMATS:
         raise ValueError(f"Unit must be one of {', '.join(UNIT_FORMATS)}, not {variant!r}")
-    return {"lanes": lanes, "pipeline_stages": pipeline_stages, "formats": UNIT_FORMATS[variant]}
+    return {"lanes": lanes, "pipeline_stages": pipeline_stages, **UNIT_FORMATS[variant]}
 
 
 def measure_layer(cases, *, lanes, out, pipeline_stages=1, reuse=True, pool=None):

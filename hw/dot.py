@@ -306,7 +306,9 @@ class DotUnit(wiring.Component):
         for i, fields in enumerate(operands):
             registers = []
             for role, value in zip(("a_sign", "a_sig", "a_exp", "b_sign", "b_sig", "b_exp"), fields):
-                register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}")
+                # Decoded exponents are >= 1 (numerics §7): from reset a path holds a valid zero operand,
+                # and its product alignment does not move when the path first runs.
+                register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}", init=role.endswith("exp"))
                 with m.If(enable & load):
                     m.d.sync += register.eq(value)
                 registers.append(register)

@@ -14,8 +14,10 @@ SUITES = {"exhaustive": "exhaustive_code_pairs", "random": "random_reductions_wi
 
 
 def dot_top(unit):
+    """fgmp_dot_l4, fgmp_split_dot_l4, fp8_dot_l4, ...: the variant, the datapath when not shared, the lanes."""
     variant = "fgmp" if len(unit.formats) == 2 else unit.formats[0]
-    return f"{variant}_dot_l{unit.lanes}"
+    datapath = "" if unit.datapath == "shared" else f"_{unit.datapath}"
+    return f"{variant}{datapath}_dot_l{unit.lanes}"
 
 
 def run_dot_bench(unit_params, simulator, build_root, *, suites=tuple(SUITES), count=200, max_reduction=32,

@@ -22,14 +22,13 @@ from pathlib import Path
 from cocotb_tools import runner as cocotb_runner
 from cocotb_tools.runner import get_results, get_runner
 
-from fgmp.hw.verilog import WAIVERS
+from fgmp.hw.verilog import STORE_ENV as CACHE_ENV, WAIVERS
 from fgmp.toolchain import ToolchainError, require_iverilog, verilator_env
 from .scoreboard import REPORT_ENV
 
 __all__ = ["SIMULATORS", "CACHE_ENV", "BenchResult", "BenchFailure", "run_bench", "build_model"]
 
 SIMULATORS = ("icarus", "verilator")
-CACHE_ENV = "FGMP_SIM_CACHE"
 TIMESCALE = ("1ns", "1ps")
 _BUILT = "model.key"  # written last: a model directory without it is incomplete
 

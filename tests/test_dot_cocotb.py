@@ -18,15 +18,23 @@ CONFIGURATIONS = {
     "fp8_l4_p0": ({"lanes": 4, "pipeline_stages": 0, "formats": ("fp8",)}, ("random",), ("icarus",)),
     "nvfp4_l4_p2": ({"lanes": 4, "pipeline_stages": 2, "formats": ("nvfp4",)}, ("exhaustive", "random"),
                     SIMULATORS),
+    # The split datapaths: L = 1 / 4 / 8 and P = 0..3 between them, the exhaustive suite on each simulator.
+    "split_l1_p0": ({"lanes": 1, "pipeline_stages": 0, "datapath": "split"}, ("exhaustive", "random"), ("icarus",)),
+    "split_l4_p3": ({"lanes": 4, "pipeline_stages": 3, "datapath": "split"}, ("exhaustive", "random"),
+                    ("verilator",)),
+    "split_l8_p1": ({"lanes": 8, "pipeline_stages": 1, "datapath": "split"}, ("random",), ("verilator",)),
+    "split3_l4_p2": ({"lanes": 4, "pipeline_stages": 2, "datapath": "split3"}, ("exhaustive", "random"),
+                     SIMULATORS),
 }
 # Element code pairs of all enabled pairings: FP8xFP8 + FP4xFP4 + both mixed orders.
-EXHAUSTIVE_PAIRS = {"fgmp": 256 * 256 + 16 * 16 + 2 * 16 * 256, "nvfp4": 16 * 16}
+FGMP_PAIRS = 256 * 256 + 16 * 16 + 2 * 16 * 256
+EXHAUSTIVE_PAIRS = {"fgmp": FGMP_PAIRS, "split": FGMP_PAIRS, "split3": FGMP_PAIRS, "nvfp4": 16 * 16}
 CASES = [(name, simulator) for name, (_, _, simulators) in CONFIGURATIONS.items() for simulator in simulators]
 
 
 def test_every_simulator_runs_the_exhaustive_fgmp_and_fp4_suites():
     for simulator in SIMULATORS:
-        for variant in ("fgmp", "nvfp4"):
+        for variant in ("fgmp", "nvfp4", "split", "split3"):
             assert any(name.startswith(variant) and "exhaustive" in CONFIGURATIONS[name][1]
                        for name, sim in CASES if sim == simulator)
 

@@ -2,6 +2,8 @@
 synthesis breakdown and weighted by it; the layer cases it compares. The measured runs use a unit with
 2-element blocks so that synthesis and the coverage build stay fast."""
 
+import re
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from fgmp.energy import (energy_proxy, energy_rows, fgmp_case, group_activity, l
                          uniform_case)
 from fgmp.flow.area import flip_flop_transistors
 from fgmp.sim.activity import Activity, read_toggles
-from fgmp.sim.dot_stimuli import random_reductions
+from fgmp.sim.dot_stimuli import Reduction, random_reductions
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -168,3 +170,43 @@ def test_layer_cases_are_the_units_inputs(calibration_setup):
         uniform_case("x", calibration_setup.calibration, name, x, "fp16")
     # Same inputs: FP8 blocks of the layer input dequantize to within FP8's resolution of x.
     assert torch.allclose(golden.dequantize(fp8.activations), x.float(), rtol=2 ** -3, atol=1e-6)
+
+
+@pytest.mark.cocotb
+def test_split_datapaths_hold_the_idle_paths_still(tmp_path):
+    """Toggle coverage of the split3 unit: on a stream of one pairing only, the other paths' operand
+    registers, multipliers, adder trees and scale multiplies never switch (their registers hold, no
+    new values reach their logic); the running path does. The one transition an idle path shows is each
+    operand exponent register taking its initial value 1 when the simulation starts."""
+    from fgmp.sim.activity import run_dot_activity
+
+    params = {"lanes": 2, "block_size": 2, "max_blocks": 8, "pipeline_stages": 1, "datapath": "split3"}
+    paths = {"FP4xFP4": "n", "FP4xFP8": "m", "FP8xFP8": ""}
+
+    def stream(weight, activation, seed):
+        torch.manual_seed(seed)
+        reductions = []
+        for blocks in (1, 3, 2, 4) * 5:
+            w = golden.quantize_blocks(torch.randn(2, 2 * blocks) * 4, torch.full((2, blocks), weight == "fp8"),
+                                       block_size=2)
+            x = golden.quantize_blocks(torch.randn(1, 2 * blocks) * 4, torch.full((1, blocks), activation == "fp8"),
+                                       block_size=2)
+            reductions.append(Reduction(weights=w, activation=x))
+        return reductions
+
+    def switching(activity, prefix):
+        pattern = re.compile(rf"^{prefix}(op\d+_|p\d+_\d+(_shift)?$|t\d+_l\d+_\d+$|sum\d+(_q)?$|term\d+(_q)?$)")
+        return sum(count for name, count in activity.toggles.items() if pattern.match(name))
+
+    for running, (weight, activation) in {"FP4xFP4": ("nvfp4", "nvfp4"), "FP4xFP8": ("nvfp4", "fp8"),
+                                          "FP8xFP8": ("fp8", "fp8")}.items():
+        activity = run_dot_activity(params, stream(weight, activation, len(running)), tmp_path)
+        assert activity.block_pairs > 20
+        for path, prefix in paths.items():
+            toggles = switching(activity, prefix)
+            exponents = [name for name in activity.toggles if re.match(rf"^{prefix}op\d+_\d+_[ab]_exp$", name)]
+            assert len(exponents) == 2 * 2 * 2  # lanes x elements x operands
+            if path == running:
+                assert toggles > 10 * len(exponents), f"{running} stream: its own path switched {toggles} times"
+            else:
+                assert toggles == len(exponents), f"{running} stream: the {path} path switched {toggles} times"

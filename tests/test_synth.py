@@ -28,27 +28,38 @@ DATAPATH_GROUPS = {"decoders", "multipliers", "adder tree", "scale path", "accum
 
 @pytest.fixture(scope="module")
 def small_area(tmp_path_factory):
-    """Generic synthesis of the three variants of the small unit; only FGMP's also broken down by group."""
+    """Generic synthesis of every variant of the small unit; FGMP's shared and split3 datapaths are also
+    broken down by group."""
     out = tmp_path_factory.mktemp("area")
-    fgmp = synthesize(make_unit("dot", **SMALL, formats=VARIANTS["FGMP"]), "generic", out / "fgmp")
-    others = area_sweep([("dot", {**SMALL, "formats": VARIANTS[v]}) for v in ("FP8-only", "FP4-only")],
-                        ["generic"], out, jobs=2)
-    return {"FGMP": fgmp, "FP8-only": others[0], "FP4-only": others[1], "out": out}
+    fgmp = synthesize(make_unit("dot", **SMALL, **VARIANTS["FGMP"]), "generic", out / "fgmp")
+    split3 = synthesize(make_unit("dot", **SMALL, **VARIANTS["FGMP split3"]), "generic", out / "split3")
+    others = ("FGMP split", "FP8-only", "FP4-only")
+    results = area_sweep([("dot", {**SMALL, **VARIANTS[v]}) for v in others], ["generic"], out, jobs=2)
+    return {"FGMP": fgmp, "FGMP split3": split3, **dict(zip(others, results)), "out": out}
 
 
 def test_smoke_area_ordering_and_clean_netlists(small_area):
     totals = {v: small_area[v].total for v in VARIANTS}
     assert all(total > 0 for total in totals.values())
     assert totals["FP4-only"] < totals["FGMP"] < totals["FP8-only"] + totals["FP4-only"]
+    assert totals["FGMP"] < totals["FGMP split"] < totals["FGMP split3"]
     for variant in VARIANTS:
         cells = small_area[variant].cells
         assert not [c for c in cells if re.search("latch", c, re.I)]
         assert small_area[variant].summary["FF"] > 0 and small_area[variant].transistors > 0
 
 
-def test_breakdown_names_every_datapath_part_and_adds_up(small_area):
-    result = small_area["FGMP"]
-    assert DATAPATH_GROUPS <= set(result.groups)
+SPLIT_GROUPS = {"operand registers", "FP4×FP4 multipliers", "FP4×FP4 adder tree", "FP4×FP4 scale path",
+                "FP4×FP8 multipliers", "FP4×FP8 adder tree", "FP4×FP8 scale path"}
+
+
+@pytest.mark.parametrize("variant, groups", [("FGMP", DATAPATH_GROUPS),
+                                             ("FGMP split3", DATAPATH_GROUPS | SPLIT_GROUPS)])
+def test_breakdown_names_every_datapath_part_and_adds_up(small_area, variant, groups):
+    result = small_area[variant]
+    assert groups <= set(result.groups)
+    if variant == "FGMP":
+        assert not SPLIT_GROUPS & set(result.groups)
     grouped = sum(sum(cells.values()) for cells in result.groups.values())
     # Each group is synthesized alone, so no optimization crosses a boundary: close to, not equal to, flat.
     assert abs(grouped - result.total) < 0.05 * result.total
@@ -56,7 +67,7 @@ def test_breakdown_names_every_datapath_part_and_adds_up(small_area):
 
 
 def test_small_unit_is_lint_clean(small_area):
-    unit = make_unit("dot", **SMALL, formats=VARIANTS["FGMP"])
+    unit = make_unit("dot", **SMALL, **VARIANTS["FGMP"])
     lint(small_area["out"] / "fgmp" / f"{unit.top}.v", unit.top)
 
 

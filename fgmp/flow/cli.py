@@ -5,6 +5,7 @@
 import sys
 from pathlib import Path
 
+from fgmp.hw.dot import DATAPATHS
 from fgmp.toolchain import ToolchainError
 
 from .tools import FlowError
@@ -20,6 +21,7 @@ _OPTIONS = {
     "max_channels": {"actq": "max_channels", "engine": "max_channels"},
     "dot_stages": {"engine": "dot_stages"},
     "formats": {"dot": "formats"},
+    "datapath": {"dot": "datapath"},
     "format": {"decoder": "format"},
 }
 
@@ -66,6 +68,7 @@ def _add_unit_options(parser):
     parser.add_argument("--max-blocks", type=int, help="dot unit: longest exact reduction (default 1024)")
     parser.add_argument("--dot-stages", type=int, help="engine: the dot unit's register cuts")
     parser.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], help="dot unit: element formats")
+    parser.add_argument("--datapath", choices=DATAPATHS, help="FGMP dot unit: shared, split or split3 (docs/hardware.md)")
     parser.add_argument("--format", choices=["e2m1", "e4m3", "ue4m3"], help="decoder: which one")
 
 
@@ -107,7 +110,8 @@ def _area(args):
     tables = [(f"Area on {TARGET_TITLES[t]}", table) for t, table in area_tables(results).items()]
     if lanes is not None:
         variants, overhead = compare_tables(results, lanes)
-        tables += [("FGMP vs FP8-only vs FP4-only (primary figure per target, ratio to FGMP)", variants)]
+        tables += [("FGMP (shared, split, split3) vs FP8-only vs FP4-only (primary figure per target, ratio to "
+                    "FGMP)", variants)]
         if overhead["rows"]:
             tables += [("Activation unit relative to the FGMP dot unit it feeds", overhead)]
     for r in results:
@@ -164,7 +168,7 @@ def _bitstream(args):
     from .board import build_bitstream
 
     params = {"lanes": args.lanes, "block_size": args.block_size, "max_blocks": args.max_blocks,
-              "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats)}
+              "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats), "datapath": args.datapath}
     result = build_bitstream(args.board, params, args.out, reductions=args.reductions)
     print(f"wrote {result.path} ({result.bytes} bytes) in {result.seconds:.0f} s: self-test of "
           f"{result.block_pairs} block pairs; {result.fmax_log}")
@@ -192,7 +196,8 @@ def add_commands(commands):
 
     area = commands.add_parser("area", help="Yosys area of a unit (generic, iCE40, ECP5), or the FGMP comparison")
     area.add_argument("unit", choices=[*_UNITS, "compare"],
-                      help="a unit, or 'compare': FGMP vs FP8-only vs FP4-only dot units and the activation unit")
+                      help="a unit, or 'compare': the FGMP (shared, split, split3), FP8-only and FP4-only dot units "
+                           "and the activation unit")
     _add_unit_options(area)
     area.add_argument("--targets", nargs="+", default=list(TARGETS), help=f"of {', '.join(TARGETS)} (default all)")
     area.add_argument("--no-actq", action="store_true", help="compare: leave out the activation unit")
@@ -225,6 +230,7 @@ def add_commands(commands):
     bitstream.add_argument("--max-blocks", type=int, default=1024)
     bitstream.add_argument("--pipeline-stages", type=int, default=3)
     bitstream.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], default=["nvfp4", "fp8"])
+    bitstream.add_argument("--datapath", choices=DATAPATHS, default="shared")
     bitstream.add_argument("--reductions", type=int, default=4, help="reductions in the self-test ROM")
     bitstream.add_argument("--out", type=Path, default=Path("out/flow/bitstream"))
     bitstream.set_defaults(func=_guarded(_bitstream))

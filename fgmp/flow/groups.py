@@ -16,12 +16,21 @@ __all__ = ["GROUP_RULES", "GROUP_ORDER", "CONTROL", "assign_groups", "name_group
 CONTROL = "control"
 
 _PIPELINE = ("pipeline registers", r"_q$|_v$")
+# The widest path keeps the shared datapath's names; the split datapaths' FP4xFP4 path prefixes them with
+# n, the FP4xFP8 path with m, and their operand registers are <prefix>op<lane>_... (hw/dot.py).
 _DOT = [
     _PIPELINE,
+    ("operand registers", r"^[nm]?op\d+_"),
     ("decoders", r"^[xw][\d_]*_(e2m1|e4m3)\.|^[xw][\d_]+_(sign|sig|exp|nan)$|^(x|w\d+)_scale\."),
     ("multipliers", r"^p\d+_\d+(_shift)?$"),
     ("adder tree", r"^t\d+_l\d+_\d+$|^sum\d+$"),
     ("scale path", r"^s\d+_(sig|shift)$|^term\d+$"),
+    ("FP4×FP4 multipliers", r"^np\d+_\d+(_shift)?$"),
+    ("FP4×FP4 adder tree", r"^nt\d+_l\d+_\d+$|^nsum\d+$"),
+    ("FP4×FP4 scale path", r"^nterm\d+$"),
+    ("FP4×FP8 multipliers", r"^mp\d+_\d+(_shift)?$"),
+    ("FP4×FP8 adder tree", r"^mt\d+_l\d+_\d+$|^msum\d+$"),
+    ("FP4×FP8 scale path", r"^mterm\d+$"),
     ("accumulator", r"^acc\d+|^final|^count|^start$|^in_reduction$"),
     ("FP32 conversion", r"^fp32_\d+_|^o__payload"),
 ]

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from .groups import GROUP_ORDER
+from .units import DOT_VARIANTS
 
 __all__ = ["PRIMARY", "table", "markdown", "text", "area_tables", "breakdown_table", "timing_table",
            "compare_tables", "write_json", "plot_breakdown"]
@@ -62,7 +63,7 @@ def breakdown_table(result):
 
 
 def compare_tables(results, lanes):
-    """FGMP vs FP8-only vs FP4-only per lane count and target (primary figure and ratio to FGMP), and the
+    """Every dot-unit variant per lane count and target (primary figure and ratio to FGMP), and the
     activation unit's cost relative to the FGMP dot unit it feeds."""
     targets = list(dict.fromkeys(r.target for r in results))
     by = {(r.unit.split(" dot ")[0] if " dot " in r.unit else "actq", _lanes(r), r.target): r for r in results}
@@ -77,7 +78,9 @@ def compare_tables(results, lanes):
             header.insert(-1, "SB_MAC16")
     rows = []
     for count in lanes:
-        for variant in ("FGMP", "FP8-only", "FP4-only"):
+        for variant in DOT_VARIANTS:
+            if not any(by.get((variant, count, target)) for target in targets):
+                continue
             row = [count, variant]
             for target in targets:
                 r, base = by.get((variant, count, target)), by.get(("FGMP", count, target))

@@ -10,19 +10,18 @@ from pathlib import Path
 from .area import synthesize
 from .timing import TimingResult, place_and_route
 from .tools import DoesNotFit
-from .units import make_unit
+from .units import DOT_VARIANTS as VARIANTS, make_unit
 
 __all__ = ["VARIANTS", "compare_configs", "area_sweep", "timing_sweep"]
 
-VARIANTS = {"FGMP": ("nvfp4", "fp8"), "FP8-only": ("fp8",), "FP4-only": ("nvfp4",)}
-
 
 def compare_configs(lanes, *, block_size=16, max_blocks=1024, pipeline_stages=1, max_channels=4096, actq=True):
-    """(kind, params) of the comparison: each variant of the dot unit per lane count, and the activation
+    """(kind, params) of the comparison: each variant of the dot unit (VARIANTS: the shared, split and split3
+    FGMP datapaths, FP8-only, FP4-only) per lane count, and the activation
     unit that feeds them (its ``max_channels`` / ``block_size`` table rows match ``max_blocks``)."""
     configs = [("dot", {"lanes": count, "block_size": block_size, "max_blocks": max_blocks,
-                        "pipeline_stages": pipeline_stages, "formats": formats})
-               for count in lanes for formats in VARIANTS.values()]
+                        "pipeline_stages": pipeline_stages, **variant})
+               for count in lanes for variant in VARIANTS.values()]
     if actq:
         configs.append(("actq", {"block_size": block_size, "max_channels": max_channels,
                                  "pipeline_stages": pipeline_stages}))

@@ -7,16 +7,31 @@ from fgmp.hw import ActivationQuantizer, Decoder, DotUnit, Engine
 from fgmp.sim.decoders import DECODER_FORMATS
 from fgmp.sim.dot import dot_top
 
-__all__ = ["UNITS", "Unit", "make_unit"]
+__all__ = ["UNITS", "DOT_VARIANTS", "Unit", "make_unit", "dot_variant"]
 
 # Kind -> the generator parameters it accepts (keyword arguments of its constructor).
 UNITS = {
-    "dot": ("lanes", "block_size", "max_blocks", "pipeline_stages", "formats"),
+    "dot": ("lanes", "block_size", "max_blocks", "pipeline_stages", "formats", "datapath"),
     "actq": ("block_size", "max_channels", "pipeline_stages"),
     "engine": ("lanes", "block_size", "max_channels", "quantizer_stages", "dot_stages"),
     "decoder": ("format",),
 }
-_VARIANT_LABELS = {("nvfp4", "fp8"): "FGMP", ("fp8",): "FP8-only", ("nvfp4",): "FP4-only"}
+# The dot unit's variants as the comparisons name them -> the generator parameters that make them.
+DOT_VARIANTS = {
+    "FGMP": {"formats": ("nvfp4", "fp8")},
+    "FGMP split": {"formats": ("nvfp4", "fp8"), "datapath": "split"},
+    "FGMP split3": {"formats": ("nvfp4", "fp8"), "datapath": "split3"},
+    "FP8-only": {"formats": ("fp8",)},
+    "FP4-only": {"formats": ("nvfp4",)},
+}
+
+
+def dot_variant(unit):
+    """The DOT_VARIANTS name of a DotUnit."""
+    for name, params in DOT_VARIANTS.items():
+        if unit.formats == params["formats"] and unit.datapath == params.get("datapath", "shared"):
+            return name
+    raise ValueError(f"No variant has formats {unit.formats} and datapath {unit.datapath!r}")
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class Unit:
         """Short human name: 'FGMP dot L=4 P=1', 'actq P=1', ..."""
         p = self.params
         if self.kind == "dot":
-            return f"{_VARIANT_LABELS[self.component.formats]} dot L={p['lanes']} P={self.component.pipeline_stages}"
+            return f"{dot_variant(self.component)} dot L={p['lanes']} P={self.component.pipeline_stages}"
         if self.kind == "actq":
             return f"actq C={self.component.max_channels} P={self.component.pipeline_stages}"
         if self.kind == "engine":
