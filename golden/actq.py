@@ -11,11 +11,13 @@ from fractions import Fraction
 
 import torch
 
-from .blocks import DEFAULT_BLOCK_SIZE, BlockTensor
+from . import kernels
+from .blocks import DEFAULT_BLOCK_SIZE, BlockTensor, dequantize, dequantize_reference, quantize_blocks_reference
 from .formats import E2M1, E4M3, UE4M3, _code_values_f64, encode_ratio
 
 __all__ = [
-    "ActivationConfig", "ActivationBlocks", "quantize_activations", "exact_scores", "exact_decisions",
+    "ActivationConfig", "ActivationBlocks", "quantize_activations", "quantize_activations_reference",
+    "fake_quantize_activations", "fake_quantize_blocks", "exact_scores", "exact_decisions",
     "SCALE_EXPONENT_RANGE", "DELTA_BITS", "SCORE_WINDOW_BITS", "SCORE_LSB_EXPONENT",
 ]
 
@@ -115,7 +117,7 @@ def _perturbation(x, config, block_size):
 
 def _sensitivity_integers(config, shape):
     """F_i = f_i * 2**9 as int64, laid out like the blocks."""
-    f = (_code_values_f64(config.sensitivities.long(), UE4M3) * 2.0 ** -_F_LSB_EXPONENT).to(torch.int64)
+    f = (UE4M3._code_values[config.sensitivities.cpu().long()] * 2.0 ** -_F_LSB_EXPONENT).to(torch.int64)
     return f.reshape(shape[-2:]).expand(shape)
 
 
@@ -140,18 +142,20 @@ def _truncated_scores(d, f):
     return torch.where(total > 0, torch.ldexp(total.double(), exponent.double()), 0.0)
 
 
-def quantize_activations(x, config, *, block_size=DEFAULT_BLOCK_SIZE):
-    """Quantize BF16 activations (..., K) block by block per numerics §9. Returns ActivationBlocks."""
-    if not isinstance(config, ActivationConfig):
-        raise TypeError(f"Config must be an ActivationConfig, not {type(config).__name__}")
-    _check_input(x, config, block_size)
-    scaled, finite, (s4, q4), (s8, q8), d = _perturbation(x, config, block_size)
-    scores = _truncated_scores(d, _sensitivity_integers(config, d.shape))
+def _unit_on_blocks(scaled, f, threshold):
+    """Numerics §9 on blocks of x' = x * 2**-k (float64 (..., B), exact) with F_i = f_i * 2**9 (int64,
+    like the blocks), the reference way: (codes, scale codes, FP8 decisions, scores, forced)."""
+    finite = torch.isfinite(scaled)
+    s4, q4, v4 = _candidates(scaled, finite, 6.0, E2M1)
+    s8, q8, v8 = _candidates(scaled, finite, 448.0, E4M3)
+    # Both values are multiples of 2**-18 below 2**18: the difference is exact in float64.
+    d = ((v4 - v8) * 2.0 ** -_D_LSB_EXPONENT).to(torch.int64)
+    scores = _truncated_scores(d, f)
     nan = torch.isnan(scaled)
     inf = torch.isinf(scaled)
     has_inf = inf.any(dim=-1)
     forced = ~finite.all(dim=-1)
-    fp8 = forced | (scores > config.threshold)
+    fp8 = forced | (scores > threshold)
 
     # Non-finite blocks (numerics §9 step 7): Inf forces the largest scale, saturates to +-448.
     inf_scale = torch.full_like(s8, _FP8_MAX_CODE)
@@ -164,9 +168,135 @@ def quantize_activations(x, config, *, block_size=DEFAULT_BLOCK_SIZE):
 
     codes = torch.where(fp8.unsqueeze(-1), q8, q4).to(torch.uint8)
     scales = torch.where(fp8, s8, s4).to(torch.uint8)
+    return codes, scales, fp8, torch.where(forced, 0.0, scores), forced
+
+
+def _result(codes, scales, fp8, scores, forced, k):
     blocks = BlockTensor(codes=codes, scales=scales, precision=fp8,
-                         global_scale=torch.tensor(2.0**config.scale_exponent, dtype=torch.float32))
-    return ActivationBlocks(blocks=blocks, scores=torch.where(forced, 0.0, scores), forced_fp8=forced)
+                         global_scale=torch.tensor(2.0**k, dtype=torch.float32, device=codes.device))
+    return ActivationBlocks(blocks=blocks, scores=scores, forced_fp8=forced)
+
+
+def _fast_eligible(x, config):
+    low, high = kernels.ACTIVATION_FAST_EXPONENTS
+    return low <= config.scale_exponent <= high and x.numel() > 0
+
+
+def _reference_rows(blocks, rows, config):
+    """The reference on the blocks ``rows`` (flat indices into FP32 ``blocks`` (n, n_blocks, B)): for
+    non-finite blocks and blocks whose NVFP4 scale saturates."""
+    block_size = blocks.shape[-1]
+    x = blocks.reshape(-1, block_size)[rows]
+    scaled = x.to(torch.float64) * 2.0 ** -config.scale_exponent
+    f = _sensitivity_integers(config, blocks.shape[1:]).to(x.device)[rows % blocks.shape[1]]
+    return _unit_on_blocks(scaled, f, config.threshold)
+
+
+def _blocks_chunk(x, config, block_size):
+    blocks, fast, s4, s8, q4, q8, scores = kernels.unit_blocks(x, config.sensitivities, config.scale_exponent,
+                                                               block_size)
+    fp8 = scores > config.threshold
+    sign = torch.signbit(blocks).view(torch.uint8)
+    pick = fp8.unsqueeze(-1).to(torch.uint8)
+    codes = q4 + pick * (q8 - q4)  # uint8 arithmetic wraps exactly: one of the two codes
+    codes = codes | (sign << torch.where(fp8, 7, 3).to(torch.uint8).unsqueeze(-1))
+    scales = torch.where(fp8, s8, s4)
+    codes = codes.masked_fill((scales == 0).unsqueeze(-1), 0)  # a zero scale stores +0 codes
+    forced = torch.zeros_like(fp8)
+    slow = (~fast).reshape(-1).nonzero().squeeze(-1)
+    if slow.numel():
+        flat = [t.reshape(-1, *t.shape[2:]) for t in (codes, scales, fp8, scores, forced)]
+        for target, value in zip(flat, _reference_rows(blocks, slow, config)):
+            target[slow] = value.to(target.dtype)
+    return codes, scales, fp8, torch.where(forced, 0.0, scores), forced
+
+
+def quantize_activations(x, config, *, block_size=DEFAULT_BLOCK_SIZE):
+    """Quantize BF16 activations (..., K) block by block per numerics §9. Returns ActivationBlocks.
+
+    Runs on x's device with the fast exact kernels of numerics §9.1 (FP32 quotients, native casts,
+    exact FP32 terms summed in int32 parts); ``quantize_activations_reference`` is the reference."""
+    if not isinstance(config, ActivationConfig):
+        raise TypeError(f"Config must be an ActivationConfig, not {type(config).__name__}")
+    _check_input(x, config, block_size)
+    if not _fast_eligible(x, config):
+        return quantize_activations_reference(x, config, block_size=block_size)
+    rows = x.reshape(-1, x.shape[-1])
+    parts = [_blocks_chunk(rows[start:stop], config, block_size)
+             for start, stop in kernels.chunk_rows(rows.shape[0], rows.shape[1], x.device)]
+    codes, scales, fp8, scores, forced = (torch.cat(p) for p in zip(*parts))
+    shape = (*x.shape[:-1], x.shape[-1] // block_size)
+    return _result(codes.reshape(*shape, block_size), scales.reshape(shape), fp8.reshape(shape),
+                   scores.reshape(shape), forced.reshape(shape), config.scale_exponent)
+
+
+def fake_quantize_activations(x, config, *, block_size=DEFAULT_BLOCK_SIZE, constants=None):
+    """(values, precision): what ``dequantize(quantize_activations(x, config).blocks)`` and its
+    ``.blocks.precision`` give, bit for bit, computing exact scores only for the blocks whose decision
+    needs them (numerics §9.1): the fast path of plan evaluation. ``constants``: the config's
+    ``kernels.UnitConstants`` on x's device, to reuse across calls."""
+    if not isinstance(config, ActivationConfig):
+        raise TypeError(f"Config must be an ActivationConfig, not {type(config).__name__}")
+    _check_input(x, config, block_size)
+    if not _fast_eligible(x, config):
+        result = quantize_activations_reference(x, config, block_size=block_size)
+        return dequantize(result.blocks), result.blocks.precision
+    if constants is None:
+        constants = kernels.UnitConstants(config.sensitivities, config.scale_exponent, config.threshold,
+                                          block_size, x.device)
+    rows = x.reshape(-1, x.shape[-1])
+    values = torch.empty(rows.shape, dtype=torch.float32, device=x.device)
+    fp8 = torch.empty((rows.shape[0], rows.shape[1] // block_size), dtype=torch.bool, device=x.device)
+    power = torch.tensor(2.0**config.scale_exponent, device=x.device)
+    for start, stop in kernels.chunk_rows(rows.shape[0], rows.shape[1], x.device):
+        chunk = rows[start:stop]
+        chunk_values = values[start:stop]
+        chunk_fp8, slow = kernels.unit_values(chunk, constants, chunk_values)
+        if slow.numel():
+            blocks = chunk.float().reshape(chunk.shape[0], -1, block_size)
+            codes, scales, chosen, _, _ = _reference_rows(blocks, slow, config)
+            exact = dequantize_reference(BlockTensor(codes=codes, scales=scales, precision=chosen,
+                                                     global_scale=power))
+            chunk_values.view(-1, block_size)[slow] = exact.reshape(-1, block_size)
+            chunk_fp8.view(-1)[slow] = chosen
+        fp8[start:stop] = chunk_fp8
+    return values.reshape(x.shape), fp8.reshape(*x.shape[:-1], x.shape[-1] // block_size)
+
+
+def fake_quantize_blocks(x, precision, config, *, block_size=DEFAULT_BLOCK_SIZE, constants=None):
+    """``dequantize(quantize_blocks(x, precision, scale=2**k))`` for BF16 x, bit for bit, through the
+    activation unit's candidates with the decisions given (numerics §9.1); ``config`` supplies k.
+    Non-finite input raises ValueError, as quantize_blocks does."""
+    if constants is None:
+        constants = kernels.UnitConstants(config.sensitivities, config.scale_exponent, math.inf, block_size,
+                                          x.device)
+    rows = x.reshape(-1, x.shape[-1])
+    decisions = precision.reshape(rows.shape[0], -1).to(x.device)
+    values = torch.empty(rows.shape, dtype=torch.float32, device=x.device)
+    for start, stop in kernels.chunk_rows(rows.shape[0], rows.shape[1], x.device):
+        chunk = rows[start:stop]
+        chunk_values = values[start:stop]
+        _, slow = kernels.unit_values(chunk, constants, chunk_values, precision=decisions[start:stop])
+        if slow.numel():
+            blocks = chunk.reshape(-1, block_size)[slow]
+            exact = dequantize_reference(quantize_blocks_reference(
+                blocks, decisions[start:stop].reshape(-1)[slow].unsqueeze(-1), block_size=block_size,
+                scale=2.0**config.scale_exponent))
+            chunk_values.view(-1, block_size)[slow] = exact.reshape(-1, block_size)
+    return values.reshape(x.shape)
+
+
+def quantize_activations_reference(x, config, *, block_size=DEFAULT_BLOCK_SIZE):
+    """The reference model of the unit (float64 candidates, int64 scores): slow, kept as the oracle
+    the fast path is tested against. Same arguments and result as ``quantize_activations``."""
+    if not isinstance(config, ActivationConfig):
+        raise TypeError(f"Config must be an ActivationConfig, not {type(config).__name__}")
+    _check_input(x, config, block_size)
+    scaled = x.to(torch.float64) * 2.0 ** -config.scale_exponent
+    scaled = scaled.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size)
+    f = _sensitivity_integers(config, scaled.shape).to(x.device)
+    codes, scales, fp8, scores, forced = _unit_on_blocks(scaled, f, config.threshold)
+    return _result(codes, scales, fp8, scores, forced, config.scale_exponent)
 
 
 def exact_scores(x, config, *, block_size=DEFAULT_BLOCK_SIZE):

@@ -115,8 +115,22 @@ def _check_values(x, name="Input"):
         raise TypeError(f"{name} dtype {x.dtype} is wider than float64 and cannot be handled exactly")
 
 
+_DEVICE_COPIES = {}
+
+
+def _on_device(table, device):
+    """A format table on ``device`` (made once per device: the tables are built on the CPU)."""
+    if table.device == device:
+        return table
+    key = (id(table), device)
+    found = _DEVICE_COPIES.get(key)
+    if found is None:
+        found = _DEVICE_COPIES[key] = table.to(device)
+    return found
+
+
 def _code_values_f64(codes, fmt):
-    return fmt._code_values[codes.long()]
+    return _on_device(fmt._code_values, codes.device)[codes.long()]
 
 
 def decode(codes, fmt, *, dtype=torch.float32):
@@ -132,7 +146,7 @@ def _nearest_even_magnitude(num, den, fmt):
     The float64 quotient picks a candidate; the exact comparisons |num| vs midpoint*den move it by at most
     one code, because the quotient's relative error (2**-53) is far below the midpoints' spacing.
     """
-    mids = fmt._midpoints
+    mids = _on_device(fmt._midpoints, num.device)
     top = fmt.max_magnitude_code
     t = num.abs()
     code = torch.searchsorted(mids, (t / den).contiguous())
