@@ -6,14 +6,20 @@ from dataclasses import dataclass
 
 import torch
 
-from ..actq import SCALE_EXPONENT_RANGE, ActivationConfig, quantize_activations
+from ..actq import SCALE_EXPONENT_RANGE, ActivationConfig, fake_quantize_activations, fake_quantize_blocks
 from ..blocks import DEFAULT_BLOCK_SIZE, NVFP4_SCALE_DENOMINATOR, dequantize, quantize_blocks
+from .. import kernels
 from ..formats import UE4M3, encode_ratio
 
 __all__ = ["scale_exponent", "sensitivity_codes", "unit_threshold", "ActivationRule", "UNIT_KINDS"]
 
 UNIT_KINDS = ("fgmp", "unweighted")  # rules the activation unit itself runs (score > T)
 _UNIT_SENSITIVITY = 0x38  # UE4M3 1.0: the unweighted rule is the unit with every f_i = 1
+
+
+def _fast(config):
+    low, high = kernels.ACTIVATION_FAST_EXPONENTS
+    return low <= config.scale_exponent <= high
 
 
 def scale_exponent(amax):
@@ -31,12 +37,12 @@ def sensitivity_codes(fisher):
     """(UE4M3 codes, e): the per-channel activation Fisher times 2**e, rounded to UE4M3, with e the
     power of two that puts the largest value in (224, 448]. A power of two keeps the global threshold
     exact per layer (T_l = tau * 2**(e - 2k)); channels below 2**-9 of the top after scaling become 0."""
-    fisher = fisher.detach().double().cpu()
+    fisher = fisher.detach().double()
     top = float(fisher.max()) if fisher.numel() else 0.0
     if not top > 0:
-        return torch.zeros(fisher.shape, dtype=torch.uint8), 0
+        return torch.zeros(fisher.shape, dtype=torch.uint8, device=fisher.device), 0
     e = math.floor(math.log2(UE4M3.max_value / top))
-    scaled = torch.ldexp(fisher, torch.tensor(e, dtype=torch.float64))
+    scaled = torch.ldexp(fisher, torch.tensor(e, dtype=torch.float64, device=fisher.device))
     return encode_ratio(scaled, torch.ones((), dtype=torch.float64), UE4M3), e
 
 
@@ -55,7 +61,8 @@ class ActivationRule:
 
     kind: 'fgmp' / 'unweighted' (the activation unit: ``config`` holds k, T and f), 'magnitude' (FP8 when
     the block's largest |x| exceeds ``threshold``), 'random' (FP8 with probability ``probability``),
-    'fp8' / 'nvfp4' (every block). All use G = 2**k and the foundation's block quantizer.
+    'fp8' / 'nvfp4' (every block). All use G = 2**k and the foundation's block quantizer. The block
+    counters stay on the activations' device until read (no host round trip per layer call).
     """
 
     kind: str
@@ -65,41 +72,62 @@ class ActivationRule:
     probability: float = 0.0
     seed: int = 0
     block_size: int = DEFAULT_BLOCK_SIZE
-    fp8_blocks: int = 0
-    blocks: int = 0
 
     def __post_init__(self):
         self.reset()
 
     def reset(self):
         """Zero the block counters and restart the random rule's sequence (evaluations repeat exactly)."""
-        self.fp8_blocks = self.blocks = 0
+        self._fp8_count = self._block_count = 0
         self._generator = torch.Generator().manual_seed(self.seed)
+        self._constants = None
+
+    @property
+    def fp8_blocks(self):
+        return int(self._fp8_count)
+
+    @property
+    def blocks(self):
+        return int(self._block_count)
 
     def precision(self, x):
         """FP8 decisions for finite BF16-valued blocks (..., K/B) under the software rules."""
         blocks = x.reshape(*x.shape[:-1], -1, self.block_size)
         shape = blocks.shape[:-1]
         if self.kind == "fp8":
-            return torch.ones(shape, dtype=torch.bool)
+            return torch.ones(shape, dtype=torch.bool, device=x.device)
         if self.kind == "nvfp4":
-            return torch.zeros(shape, dtype=torch.bool)
+            return torch.zeros(shape, dtype=torch.bool, device=x.device)
         if self.kind == "magnitude":
             return blocks.abs().amax(dim=-1).double() > self.threshold
         if self.kind == "random":
-            return torch.rand(shape, generator=self._generator) < self.probability
+            # Drawn on the CPU so a seed gives the same blocks on every device.
+            return (torch.rand(shape, generator=self._generator) < self.probability).to(x.device)
         raise ValueError(f"Unknown activation rule {self.kind!r}")
 
     def quantize(self, x):
         """BF16 rounding (the hardware's input), then block quantization; returns fake-quantized values
-        in x's dtype and counts the FP8 blocks."""
-        source_dtype, device = x.dtype, x.device
-        bf16 = x.detach().to(torch.bfloat16).cpu()
+        in x's dtype and device, and counts the FP8 blocks."""
+        bf16 = x.detach().to(torch.bfloat16)
+        config = self.config if self.kind in UNIT_KINDS else ActivationConfig(
+            scale_exponent=self.scale_exponent, threshold=math.inf,
+            sensitivities=torch.zeros(x.shape[-1], dtype=torch.uint8))
+        if self._constants is None or self._constants[0] != bf16.device:
+            self._constants = (bf16.device, kernels.UnitConstants(
+                config.sensitivities, config.scale_exponent, config.threshold, self.block_size,
+                bf16.device) if _fast(config) else None)
         if self.kind in UNIT_KINDS:
-            bt = quantize_activations(bf16, self.config, block_size=self.block_size).blocks
+            values, precision = fake_quantize_activations(bf16, config, block_size=self.block_size,
+                                                          constants=self._constants[1])
+        elif self._constants[1] is not None:
+            # The software rules' blocks are the unit's candidates under given decisions (numerics §9.1).
+            precision = self.precision(bf16)
+            values = fake_quantize_blocks(bf16, precision, config, block_size=self.block_size,
+                                          constants=self._constants[1])
         else:
             bt = quantize_blocks(bf16, self.precision(bf16), block_size=self.block_size,
                                  scale=2.0 ** self.scale_exponent)
-        self.fp8_blocks += int(bt.precision.sum())
-        self.blocks += bt.precision.numel()
-        return dequantize(bt, dtype=torch.float32).to(device=device, dtype=source_dtype)
+            values, precision = dequantize(bt, dtype=torch.float32), bt.precision
+        self._fp8_count = self._fp8_count + precision.sum()
+        self._block_count += precision.numel()
+        return values.to(x.dtype)

@@ -27,15 +27,18 @@ class _Collector:
 
     def __init__(self, layer):
         self.layer = layer
-        self.activation = torch.zeros(layer.in_features, dtype=torch.float64)
+        self.activation = torch.zeros(layer.in_features, dtype=torch.float64, device=layer.weight.device)
         self.weight = torch.zeros_like(layer.weight, dtype=torch.float32)
         self.tokens = 0
-        self.amax = 0.0
+        self.amax = torch.zeros((), dtype=torch.float32, device=layer.weight.device)
+        self.observers = []  # callables given each input (detached) as the forward pass sees it
         self.handle = layer.register_forward_pre_hook(self._pre_forward)
 
     def _pre_forward(self, module, args):
         x = args[0]
-        self.amax = max(self.amax, float(x.detach().abs().max()))
+        self.amax = torch.maximum(self.amax, x.detach().abs().amax().float())
+        for observe in self.observers:
+            observe(x.detach())
         # A node of this layer's own, so the hook sees dL/dx through this layer only, not through the
         # input's other consumers (a residual branch, sibling q/k/v projections). Without a gradient
         # upstream nothing needs one, so a fresh leaf loses nothing.
@@ -45,7 +48,7 @@ class _Collector:
 
     def _on_input_grad(self, grad):
         grad = grad.detach().reshape(-1, grad.shape[-1])
-        self.activation += grad.double().pow(2).sum(dim=0).cpu()
+        self.activation += grad.double().pow(2).sum(dim=0).to(self.activation.device)
         self.tokens += grad.shape[0]
 
     def add_weight_grad(self):
@@ -54,9 +57,9 @@ class _Collector:
 
     def finish(self, samples):
         self.handle.remove()
-        return LayerFisher(weight=(self.weight / samples).cpu(),
+        return LayerFisher(weight=self.weight.div_(samples),
                            activation=(self.activation / max(self.tokens, 1)).float(),
-                           input_amax=self.amax, samples=samples, tokens=self.tokens)
+                           input_amax=float(self.amax), samples=samples, tokens=self.tokens)
 
 
 @contextmanager
@@ -74,18 +77,21 @@ def _only_weights_require_grad(model, layers):
             p.grad = None
 
 
-def estimate_fisher(model, samples, loss_fn, layers, *, progress=True):
+def estimate_fisher(model, samples, loss_fn, layers, *, progress=True, observers=None):
     """Diagonal empirical Fisher of every layer in ``layers`` ({name: nn.Linear}).
 
     ``samples`` is an iterable of calibration samples and ``loss_fn(model, sample)`` returns the scalar
     loss of one sample: the Fisher is the mean over samples of the squared gradient of that loss, so
     each sample gets its own backward pass (squaring a batch-mean gradient would not be the Fisher).
+    ``observers``: {name: callable}, called with each input of that layer (detached) during the pass.
     """
     if not layers:
         raise ValueError("No layers to estimate the Fisher information of")
     was_training = model.training
     model.eval()  # no dropout: the Fisher of the model as it will be deployed
     collectors = {name: _Collector(layer) for name, layer in layers.items()}
+    for name, observe in (observers or {}).items():
+        collectors[name].observers.append(observe)
     count = 0
     try:
         with _only_weights_require_grad(model, layers):

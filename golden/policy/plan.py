@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from ..actq import ActivationConfig, quantize_activations
 from ..blocks import DEFAULT_BLOCK_SIZE, BlockTensor, block_bits, dequantize
@@ -32,6 +31,17 @@ class Calibration:
     scale_exponents: dict
     sensitivities: dict  # name -> (UE4M3 codes, e)
     activation_scores: dict  # name -> {"fgmp" | "unweighted" | "magnitude": float64 tensor}
+    weight_scores: dict = field(default_factory=dict)  # (name, kind) -> block scores, computed once
+
+    def block_scores(self, name, kind):
+        """The weight block scores of one layer; deterministic kinds are kept for the next plan."""
+        if kind == "random":
+            raise ValueError("random scores depend on the plan's seed and are not kept")
+        key = (name, kind)
+        if key not in self.weight_scores:
+            self.weight_scores[key] = block_scores(self.layers[name].weight, self.fisher[name].weight, kind,
+                                                   block_size=self.block_size)
+        return self.weight_scores[key]
 
 
 @dataclass
@@ -70,57 +80,57 @@ def _check_samples(samples):
     return samples
 
 
-def _activation_pass(model, samples, loss_fn, layers, scale_exponents, sensitivities, block_size, progress):
+class _ActivationSampler:
+    """Keeps a seeded random subset of each layer's input rows (BF16, on their device) as the Fisher
+    pass sees them, so the activation blocks are scored without a second pass over the model."""
+
+    def __init__(self, layers, samples, block_size):
+        self.per_call = max(1, math.ceil(MAX_ACTIVATION_BLOCKS / samples))
+        self.block_size = block_size
+        self.generator = torch.Generator().manual_seed(0)
+        self.rows = {name: [] for name in layers}
+        self.observers = {name: self._observer(name, layer.in_features) for name, layer in layers.items()}
+
+    def _observer(self, name, in_features):
+        def observe(x):
+            x = x.to(torch.bfloat16).reshape(-1, in_features)
+            keep = torch.randperm(x.shape[0], generator=self.generator)[
+                :max(1, self.per_call // (in_features // self.block_size))]
+            self.rows[name].append(x[keep.to(x.device)])
+        return observe
+
+
+def _activation_scores(rows, scale_exponents, sensitivities, block_size):
     """Scores of the calibration activation blocks under the unit's rule (Fisher and unweighted) and their
     magnitudes, in real units so one threshold serves every layer."""
-    per_call = max(1, math.ceil(MAX_ACTIVATION_BLOCKS / len(samples)))
-    generator = torch.Generator().manual_seed(0)
-    collected = {name: {"fgmp": [], "unweighted": [], "magnitude": []} for name in layers}
-
-    def hook_for(name):
+    collected = {}
+    for name, parts in rows.items():
+        x = torch.cat(parts)
         k = scale_exponents[name]
         codes, e = sensitivities[name]
         fisher_config = ActivationConfig(scale_exponent=k, threshold=math.inf, sensitivities=codes)
         unit_config = ActivationConfig(scale_exponent=k, threshold=math.inf,
                                        sensitivities=torch.full_like(codes, _UNWEIGHTED_CODE))
-
-        def hook(module, args):
-            x = args[0].detach().to(torch.bfloat16).cpu().reshape(-1, module.in_features)
-            keep = torch.randperm(x.shape[0], generator=generator)[:max(1, per_call // (x.shape[1] // block_size))]
-            x = x[keep]
-            for kind, config, shift in (("fgmp", fisher_config, 2 * k - e), ("unweighted", unit_config, 2 * k)):
-                result = quantize_activations(x, config, block_size=block_size)
-                scores = torch.ldexp(result.scores, torch.tensor(shift, dtype=torch.float64))
-                collected[name][kind].append(torch.where(result.forced_fp8, math.inf, scores).reshape(-1))
-            blocks = x.float().reshape(x.shape[0], -1, block_size)
-            collected[name]["magnitude"].append(blocks.abs().amax(dim=-1).double().reshape(-1))
-        return hook
-
-    handles = [layer.register_forward_pre_hook(hook_for(name)) for name, layer in layers.items()]
-    try:
-        with torch.no_grad():
-            for sample in tqdm(samples, desc="activation scores", unit="sample", disable=not progress):
-                loss_fn(model, sample)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: {kind: torch.cat(parts) for kind, parts in kinds.items()} for name, kinds in collected.items()}
+        collected[name] = {}
+        for kind, config, shift in (("fgmp", fisher_config, 2 * k - e), ("unweighted", unit_config, 2 * k)):
+            result = quantize_activations(x, config, block_size=block_size)
+            scores = torch.ldexp(result.scores, torch.tensor(shift, dtype=torch.float64, device=x.device))
+            collected[name][kind] = torch.where(result.forced_fp8, math.inf, scores).reshape(-1)
+        blocks = x.float().reshape(x.shape[0], -1, block_size)
+        collected[name]["magnitude"] = blocks.abs().amax(dim=-1).double().reshape(-1)
+    return collected
 
 
 def calibrate(model, samples, loss_fn, layers, *, block_size=DEFAULT_BLOCK_SIZE, progress=True):
-    """Fisher information (one backward per sample), then one forward pass over the same samples to
-    score the activation blocks. ``layers``: {name: nn.Linear}, e.g. from select_linear_layers."""
+    """Fisher information (one forward and backward pass per sample); the same pass keeps a seeded
+    subset of every layer's input rows, whose blocks are then scored under the unit's rule.
+    ``layers``: {name: nn.Linear}, e.g. from select_linear_layers."""
     samples = _check_samples(samples)
-    fisher = estimate_fisher(model, samples, loss_fn, layers, progress=progress)
+    sampler = _ActivationSampler(layers, len(samples), block_size)
+    fisher = estimate_fisher(model, samples, loss_fn, layers, progress=progress, observers=sampler.observers)
     scale_exponents = {name: scale_exponent(f.input_amax) for name, f in fisher.items()}
     sensitivities = {name: sensitivity_codes(f.activation) for name, f in fisher.items()}
-    was_training = model.training
-    model.eval()
-    try:
-        scores = _activation_pass(model, samples, loss_fn, layers, scale_exponents, sensitivities,
-                                  block_size, progress)
-    finally:
-        model.train(was_training)
+    scores = _activation_scores(sampler.rows, scale_exponents, sensitivities, block_size)
     return Calibration(layers=dict(layers), fisher=fisher, block_size=block_size,
                        scale_exponents=scale_exponents, sensitivities=sensitivities, activation_scores=scores)
 
@@ -146,16 +156,20 @@ def _layerwise(sizes, sensitivity, fraction):
 def _weight_precision(cal, policy, fraction, generator):
     shapes = {name: (layer.out_features, layer.in_features // cal.block_size) for name, layer in cal.layers.items()}
     if policy in ("fp8", "nvfp4"):
-        return {name: torch.full(s, policy == "fp8") for name, s in shapes.items()}, None
+        return {name: torch.full(s, policy == "fp8", device=cal.layers[name].weight.device)
+                for name, s in shapes.items()}, None
     if policy == "layerwise":
-        scores = {name: block_scores(layer.weight, cal.fisher[name].weight, "fgmp", block_size=cal.block_size)
-                  for name, layer in cal.layers.items()}
+        scores = {name: cal.block_scores(name, "fgmp") for name in cal.layers}
         chosen = _layerwise({n: s.numel() for n, s in scores.items()},
                             {n: float(s.mean()) for n, s in scores.items()}, fraction)
-        return {name: torch.full(shapes[name], name in chosen) for name in shapes}, None
-    scores = {name: block_scores(layer.weight, cal.fisher[name].weight, policy, block_size=cal.block_size,
-                                 generator=generator)
-              for name, layer in cal.layers.items()}
+        return {name: torch.full(shapes[name], name in chosen, device=cal.layers[name].weight.device)
+                for name in shapes}, None
+    if policy == "random":
+        scores = {name: block_scores(layer.weight, cal.fisher[name].weight, policy, block_size=cal.block_size,
+                                     generator=generator)
+                  for name, layer in cal.layers.items()}
+    else:
+        scores = {name: cal.block_scores(name, policy) for name in cal.layers}
     return top_fraction(scores, fraction)
 
 
