@@ -1,14 +1,18 @@
-"""Energy proxy of the FGMP dot unit vs the FP8-only (and FP4-only) unit on one layer of the embedded model,
-swept over the FP8 fraction; writes docs/results.md between ``<!-- energy:begin -->`` / ``<!-- energy:end -->``
-and docs/img/energy_vs_fp8_fraction.png.
+"""The energy model of the dot-unit variants (FGMP shared / split, FP8-only, FP4-only) on the
+embedded model: datapath and buffer reads in picojoules, one layer and the whole model, swept over the
+FP8 fraction and over the weight x activation mix. Writes docs/results.md between
+``<!-- energy:begin -->`` / ``<!-- energy:end -->`` and the plots under docs/img/.
 
-    python bench/energy.py [--fractions 0 0.1 0.3 0.5 0.7 1] [--tokens 4] [--lanes 4] [--threads 1]
+    python bench/energy.py [--lanes 4] [--fractions 0 0.1 0.3 0.5 0.7 1] [--grid 0 0.3 0.7 1] [--jobs 2]
 
-Per FP8 fraction f: the FGMP policy's plan at f (weights, and the activation unit's registers), the
-layer's real BF16 inputs captured under the f = 0.3 plan, activations quantized as the activation unit
-does (golden, bit-exact), streamed through the generated FGMP dot unit on Verilator with toggle
-coverage; outputs are checked against golden on the way. Baselines on the same inputs: the FP8-only
-unit with every block in FP8 and the FP4-only unit with every block in NVFP4. Method: fgmp/energy.py.
+Stimuli: the FGMP policy's plan at each FP8 fraction f (weights, and the activation unit's registers);
+every quantized layer's real BF16 inputs captured under the f = 0.3 plan and quantized as the activation
+unit does (golden, bit-exact). One layer: ``--layer``, ``--tokens`` tokens, every output channel. Whole
+model: every quantized layer, ``--model-tokens`` tokens and the same ``--rows`` fraction of each layer's
+output channels, so that each layer's share of the streamed block pairs is its share of the MACs per
+token. Baselines on the same inputs: the FP8-only unit with every block in FP8, the FP4-only unit with
+every block in NVFP4. Each unit streams its blocks at full rate on Verilator with toggle coverage, every
+output checked against golden. Method and constants: fgmp/energy.py, fgmp/energy_model.py.
 """
 
 import argparse
@@ -21,106 +25,231 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- energy:begin -->", "<!-- energy:end -->"
-PAPER_SAVING = 14  # percent, FGMP vs all-FP8 at 70 % NVFP4 (Hooper et al., 2025)
+PAPER_RATIO = 0.86  # FGMP vs all-FP8 energy at 70 % NVFP4 (Hooper et al., 2025)
+FGMP_UNITS = ("FGMP", "FGMP split")
+TARGETS = {"datapath": 0.75, "with buffers": 0.80}  # the split datapath, whole model, 30 % FP8 (issue 15)
 
 
-def _plot(rows, path):
+def _pct(value):
+    return f"{100 * value:.1f} %"
+
+
+def _cases(args, setup, inputs, plans):
+    from fgmp.energy import fgmp_case, uniform_case
+    from fgmp.energy_model import as_unit, model_case
+    from fgmp.golden.policy import build_plan
+
+    names = list(setup.layers)
+    default = plans[0.3]
+
+    def model(label, unit, make):
+        return model_case(label, unit, [make(name) for name in names], fraction=args.rows, seed=args.seed)
+
+    def fgmp_layers(weight_plan, activation_plan):
+        return lambda name: fgmp_case("", weight_plan, name, inputs[name][:args.model_tokens],
+                                      activation_plan=activation_plan)
+
+    uniform_plans = {p: build_plan(setup.calibration, policy=p, clipping=False) for p in ("fp8", "nvfp4")}
+
+    def uniform(precision, tokens):
+        return lambda name: uniform_case("", setup.calibration, name, inputs[name][:tokens], precision,
+                                         plan=uniform_plans[precision])
+
+    layer = fgmp_case("", default, args.layer, inputs[args.layer][:args.tokens])
+    cases = {"layer": [as_unit(layer, unit, f"layer {unit}") for unit in FGMP_UNITS] + [
+        uniform_case("layer FP8-only", setup.calibration, args.layer, inputs[args.layer][:args.tokens], "fp8"),
+        uniform_case("layer FP4-only", setup.calibration, args.layer, inputs[args.layer][:args.tokens], "nvfp4")]}
+    cases["model"] = [model(f"model {unit}", unit, fgmp_layers(default, default)) for unit in FGMP_UNITS] + [
+        model("model FP8-only", "FP8-only", uniform("fp8", args.model_tokens)),
+        model("model FP4-only", "FP4-only", uniform("nvfp4", args.model_tokens))]
+    cases["sweep"] = [model(f"sweep {unit} {f}", unit, fgmp_layers(plans[f], plans[f]))
+                      for f in args.fractions if f != 0.3 for unit in FGMP_UNITS]
+    cases["grid"] = [model(f"grid {unit} {fw} {fa}", unit, fgmp_layers(plans[fw], plans[fa]))
+                     for fw in args.grid for fa in args.grid for unit in args.grid_units if (fw, fa) != (0.3, 0.3)]
+    return cases
+
+
+def _section(args, rows, calibration, setup, minutes):
+    from fgmp.energy_model import HOROWITZ_45NM, PJ_PER_BUFFER_BIT
+
+    by = {r["label"]: r for r in rows}
+    weights = setup.calibration.layers[args.layer].weight
+    lines = [BEGIN, "", f"Generated by `python bench/energy.py` (embedded model; {args.lanes}-lane units at P = 1, "
+             f"N = 1024; one layer: `{args.layer}` {weights.shape[0]} x {weights.shape[1]}, {args.tokens} tokens; whole "
+             f"model: {len(setup.layers)} layers, {args.model_tokens} tokens, {_pct(args.rows)} of each layer's output "
+             f"channels; {platform.machine()}, this run {minutes:.0f} min). Do not edit by hand.", ""]
+
+    lines += ["**Calibration.** Each reference circuit (`hw/reference.py`: random operands into registers every "
+              "cycle, one operation, a result register) through the same proxy as the dot units; only the "
+              "operation's gates count, as the published figures are for the operation alone. Constants: M. "
+              "Horowitz, *Computing's energy problem (and what we can do about it)*, ISSCC 2014, 45 nm.", "",
+              "| reference | proxy per operation (transistor-toggles) | published | model |", "|---|---:|---:|---:|"]
+    for ref in calibration.references:
+        lines.append(f"| {ref['circuit']} | {ref['toggles_per_op']:.0f} | {ref['published_pj']} pJ | "
+                     f"{ref['model_pj']:.3f} pJ |")
+    lines += ["", f"One transistor-toggle = {calibration.pj_per_toggle * 1000:.4f} fJ (from the multiply). Buffer "
+              f"reads: {HOROWITZ_45NM['64-bit read of an 8 KB SRAM']} pJ per 64-bit read of an 8 KB SRAM = "
+              f"{PJ_PER_BUFFER_BIT:.4f} pJ per bit read.", ""]
+
+    def table(labels):
+        out = ["| unit | W FP8 | A FP8 | pairs FP4×FP4 / mixed / FP8×FP8 | datapath pJ | vs FP8-only | "
+               "buffer bits | buffer pJ | total pJ | vs FP8-only |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for label in labels:
+            r = by[label]
+            mix = " / ".join(_pct(r["pairing"][k]) for k in ("FP4xFP4", "mixed", "FP8xFP8"))
+            out.append(f"| {r['unit']} | {_pct(r['weight_fp8'])} | {_pct(r['activation_fp8'])} | {mix} | "
+                       f"{r['datapath_pj']:.2f} | **{r['datapath_vs_baseline']:.3f}** | {r['buffer_bits']:.1f} | "
+                       f"{r['buffer_pj']:.2f} | {r['total_pj']:.2f} | **{r['total_vs_baseline']:.3f}** |")
+        return out
+
+    units = [*FGMP_UNITS, "FP8-only", "FP4-only"]
+    lines += ["**Whole model at 30 % FP8** (per block pair, MAC-weighted over every quantized layer):", "",
+              *table([f"model {u}" for u in units]), "",
+              f"**One layer at 30 % FP8** (`{args.layer}`):", "", *table([f"layer {u}" for u in units]), ""]
+    split = by["model FGMP split"]
+    verdict = lambda value, goal: f"{value:.3f} ({'met' if value <= goal else 'missed'}; target ≤ {goal})"
+    lines += [f"Targets (split datapath, whole model, 30 % FP8): datapath {verdict(split['datapath_vs_baseline'], TARGETS['datapath'])}; "
+              f"with buffer reads {verdict(split['total_vs_baseline'], TARGETS['with buffers'])}; the paper "
+              f"reports {PAPER_RATIO} for its design.", ""]
+
+    model_rows = [by[f"model {u}"] for u in units]
+    groups = list(dict.fromkeys(g for r in model_rows for g in r["groups"]))
+    reference = by["model FP8-only"]["datapath_pj"]
+    lines += ["Datapath energy by group, whole model at 30 % FP8, in % of the FP8-only unit's datapath energy:", "",
+              "| group | " + " | ".join(units) + " |", "|---|" + "---:|" * len(units)]
+    for group in groups:
+        cells = [f"{100 * r['groups'][group]['pj'] / reference:.1f}" if group in r["groups"] else "" for r in model_rows]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+
+    lines += ["", "**FP8 fraction sweep** (whole model; the policy's plan at each fraction), total with buffer reads "
+              "and datapath alone, each vs the FP8-only unit:", "",
+              "| requested FP8 | W FP8 | A FP8 | " + " | ".join(f"{u} total / datapath" for u in FGMP_UNITS) + " |",
+              "|---:|---:|---:|" + "---|" * len(FGMP_UNITS)]
+    for f in sorted(args.fractions):
+        key = (lambda u: f"model {u}") if f == 0.3 else (lambda u, f=f: f"sweep {u} {f}")
+        first = by[key(FGMP_UNITS[0])]
+        cells = [f"{by[key(u)]['total_vs_baseline']:.3f} / {by[key(u)]['datapath_vs_baseline']:.3f}" for u in FGMP_UNITS]
+        lines.append(f"| {_pct(f)} | {_pct(first['weight_fp8'])} | {_pct(first['activation_fp8'])} | " + " | ".join(cells) + " |")
+
+    for unit in args.grid_units:
+        lines += ["", f"**Weight × activation mix, {unit}** (whole model; rows: the plan whose weight blocks run, "
+                  "columns: the plan whose activation registers run; total with buffers / datapath vs FP8-only):", "",
+                  "| weights \\ activations | " + " | ".join(_pct(fa) for fa in args.grid) + " |",
+                  "|---|" + "---:|" * len(args.grid)]
+        for fw in args.grid:
+            cells = []
+            for fa in args.grid:
+                r = by[f"model {unit}"] if (fw, fa) == (0.3, 0.3) else by[f"grid {unit} {fw} {fa}"]
+                cells.append(f"{r['total_vs_baseline']:.3f} / {r['datapath_vs_baseline']:.3f}")
+            lines.append(f"| {_pct(fw)} | " + " | ".join(cells) + " |")
+    lines += ["", "![Energy vs FP8 fraction](img/energy_vs_fp8_fraction.png)", "",
+              "![Energy over the weight x activation mix](img/energy_mix.png)", "", END]
+    return lines
+
+
+def _plots(args, rows, doc_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fgmp = [r for r in rows if r["unit"] == "FGMP"]
-    figure, axes = plt.subplots(figsize=(6, 3.6))
-    axes.plot([100 * r["weight_fp8"] for r in fgmp], [r["vs_baseline"] for r in fgmp], "o-", label="FGMP unit")
-    for unit, style in (("FP8-only", "--"), ("FP4-only", ":")):
-        for r in rows:
-            if r["unit"] == unit:
-                axes.axhline(r["vs_baseline"], linestyle=style, color="gray", label=f"{unit} unit")
-    axes.axhline(1 - PAPER_SAVING / 100, color="tab:red", linewidth=0.8, label="paper: FGMP at 30 % FP8")
-    axes.set_xlabel("FP8 weight blocks (%)")
-    axes.set_ylabel("energy proxy / FP8-only unit")
-    axes.set_title("Dot-unit energy proxy on a real layer")
-    axes.legend(fontsize=7)
+    by = {r["label"]: r for r in rows}
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, measure, title in ((axes[0], "datapath_vs_baseline", "datapath"),
+                               (axes[1], "total_vs_baseline", "datapath + buffer reads")):
+        for unit in FGMP_UNITS:
+            points = sorted((f, by[f"model {unit}" if f == 0.3 else f"sweep {unit} {f}"]) for f in args.fractions)
+            ax.plot([100 * r["weight_fp8"] for _, r in points], [r[measure] for _, r in points], "o-", label=unit)
+        for unit, style in (("FP8-only", "--"), ("FP4-only", ":")):
+            ax.axhline(by[f"model {unit}"][measure], linestyle=style, color="gray", label=f"{unit} unit")
+        ax.axhline(PAPER_RATIO, color="tab:red", linewidth=0.8, label="paper: FGMP at 30 % FP8")
+        ax.set_xlabel("FP8 weight blocks (%)")
+        ax.set_title(f"Whole model, {title}")
+    axes[0].set_ylabel("energy / FP8-only unit")
+    axes[1].legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(doc_dir / "img/energy_vs_fp8_fraction.png", dpi=110)
     plt.close(figure)
 
-
-def markdown(rows):
-    lines = ["| unit | FP8 weight blocks | FP8 activation blocks | energy proxy per block pair | vs FP8-only |",
-             "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {100 * r['weight_fp8']:.1f} % | {100 * r['activation_fp8']:.1f} % | "
-                     f"{r['energy_per_block_pair']:.0f} | {r['vs_baseline']:.3f} |")
-    return lines
-
-
-def breakdown(rows):
-    """Per-group energy of each row, as a share of the FP8-only unit's total."""
-    reference = next(r for r in rows if r["unit"] == "FP8-only")["energy_per_block_pair"]
-    groups = list(dict.fromkeys(g for r in rows for g in r["groups"]))
-    lines = ["| group | " + " | ".join(r["label"] for r in rows) + " |", "|---|" + "---|" * len(rows)]
-    for group in groups:
-        cells = [f"{100 * r['groups'][group]['energy'] / reference:.1f}" if group in r["groups"] else ""
-                 for r in rows]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    return lines
+    figure, axes = plt.subplots(1, len(args.grid_units), figsize=(4.2 * len(args.grid_units), 3.6), squeeze=False)
+    for ax, unit in zip(axes[0], args.grid_units):
+        grid = [[(by[f"model {unit}"] if (fw, fa) == (0.3, 0.3) else by[f"grid {unit} {fw} {fa}"])["total_vs_baseline"]
+                 for fa in args.grid] for fw in args.grid]
+        image = ax.imshow(grid, cmap="viridis_r", vmin=0.4, vmax=1.1, origin="lower")
+        ax.set_xticks(range(len(args.grid)), [f"{100 * f:.0f}" for f in args.grid])
+        ax.set_yticks(range(len(args.grid)), [f"{100 * f:.0f}" for f in args.grid])
+        ax.set_xlabel("activation plan FP8 (%)")
+        ax.set_ylabel("weight plan FP8 (%)")
+        ax.set_title(f"{unit}: total / FP8-only", fontsize=9)
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white")
+    figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    figure.savefig(doc_dir / "img/energy_mix.png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", default="blocks.0.mlp.up_proj")
+    parser.add_argument("--tokens", type=int, default=4, help="tokens of the one-layer case")
+    parser.add_argument("--model-tokens", type=int, default=2, help="tokens of every layer in the whole-model case")
+    parser.add_argument("--rows", type=float, default=0.125, help="fraction of each layer's output channels sampled")
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.0, 0.1, 0.3, 0.5, 0.7, 1.0])
-    parser.add_argument("--tokens", type=int, default=4)
+    parser.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.3, 0.7, 1.0])
+    parser.add_argument("--grid-units", nargs="+", default=["FGMP", "FGMP split"])
     parser.add_argument("--lanes", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "out/bench/energy")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs/results.md")
     args = parser.parse_args(argv)
+    if 0.3 not in args.fractions or 0.3 not in args.grid:
+        parser.error("--fractions and --grid must include 0.3, the default budget every table is read against")
 
-    from fgmp.e2e import capture_layer_input
-    from fgmp.energy import energy_rows, fgmp_case, measure_layer, uniform_case
+    from fgmp.e2e import capture_layer_inputs
+    from fgmp.energy import measure_layer
+    from fgmp.energy_model import accounted_rows, calibrate
     from fgmp.golden.policy import build_plan
+    from fgmp.jobs import step_pool
     from fgmp.quantize import prepare
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    out = args.out.resolve()
     setup = prepare(None, calib_samples=16, eval_samples=16, progress=False)
-    capture_plan = build_plan(setup.calibration, policy="fgmp", fp8_fraction=0.3, clipping=True)
-    x = capture_layer_input(setup, capture_plan, args.layer, args.tokens)
-    cases = [fgmp_case(f"FGMP, {100 * f:.0f} % FP8 requested", build_plan(setup.calibration, policy="fgmp",
-                                                                           fp8_fraction=f, clipping=True),
-                       args.layer, x) for f in args.fractions]
-    cases += [uniform_case("FP8-only, all FP8", setup.calibration, args.layer, x, "fp8"),
-              uniform_case("FP4-only, all NVFP4", setup.calibration, args.layer, x, "nvfp4")]
-    rows = energy_rows(measure_layer(cases, lanes=args.lanes, out=args.out))
+    plans = {f: build_plan(setup.calibration, policy="fgmp", fp8_fraction=f, clipping=True)
+             for f in sorted({*args.fractions, *args.grid})}
+    inputs = capture_layer_inputs(setup, plans[0.3], list(setup.layers), max(args.tokens, args.model_tokens))
+    cases = _cases(args, setup, inputs, plans)
+    every = [case for group in cases.values() for case in group]
+    print(f"{len(every)} cases on {len({c.unit for c in every})} units, {args.jobs} steps at a time", flush=True)
+    with step_pool(args.jobs) as pool:
+        calibration = calibrate(out / "calibration", pool=pool)
+        measured = measure_layer(every, lanes=args.lanes, out=out, pool=pool)
+    # Each scope against its own FP8-only case: the one layer's, and the whole model's for the rest.
+    in_layer = [m for m in measured if m[0].label.startswith("layer ")]
+    rows = accounted_rows(in_layer, calibration, lanes=args.lanes) + accounted_rows(
+        [m for m in measured if not m[0].label.startswith("layer ")], calibration, lanes=args.lanes)
     for r in rows:
-        print(f"  {r['label']:<28} weights {100 * r['weight_fp8']:5.1f} % FP8, activations "
-              f"{100 * r['activation_fp8']:5.1f} % FP8: {r['energy_per_block_pair']:9.0f} "
-              f"({r['vs_baseline']:.3f} of FP8-only)", flush=True)
+        print(f"  {r['label']:<34} datapath {r['datapath_pj']:6.2f} pJ ({r['datapath_vs_baseline']:.3f}), "
+              f"total {r['total_pj']:6.2f} pJ ({r['total_vs_baseline']:.3f})", flush=True)
     minutes = (time.perf_counter() - start) / 60
 
-    image = args.doc.parent / "img/energy_vs_fp8_fraction.png"
-    image.parent.mkdir(parents=True, exist_ok=True)
-    _plot(rows, image)
-    weights = setup.calibration.layers[args.layer].weight
-    section = [BEGIN, "", f"Generated by `python bench/energy.py` (embedded model, layer `{args.layer}` "
-               f"{weights.shape[0]} x {weights.shape[1]}, {args.tokens} captured tokens, {args.lanes}-lane "
-               f"units at P = 1, N = 1024; {platform.machine()}, this run {minutes:.0f} min). Do not edit by hand.",
-               "", *markdown(rows), "",
-               "Energy by submodule group, in % of the FP8-only unit's total per block pair:", "",
-               *breakdown(rows), "", f"![Energy proxy vs FP8 fraction]({image.relative_to(args.doc.parent)})", "",
-               END]
+    doc_dir = args.doc.parent
+    (doc_dir / "img").mkdir(parents=True, exist_ok=True)
+    _plots(args, rows, doc_dir)
+    section = _section(args, rows, calibration, setup, minutes)
     text = args.doc.read_text()
     if BEGIN in text and END in text:
         text = text[:text.index(BEGIN)] + "\n".join(section) + text[text.index(END) + len(END):]
     else:
         text = text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
     args.doc.write_text(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"layer": args.layer, "tokens": args.tokens,
-                                                       "lanes": args.lanes, "rows": rows}, indent=1))
-    print(f"wrote {args.doc}, {image} and {args.out / 'results.json'} in {minutes:.1f} min")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                  "calibration": calibration.references, "rows": rows}, indent=1))
+    print(f"wrote {args.doc}, {doc_dir / 'img'} and {out / 'results.json'} in {minutes:.1f} min")
 
 
 if __name__ == "__main__":

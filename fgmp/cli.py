@@ -98,8 +98,8 @@ def build_parser():
     dot.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], default=["nvfp4", "fp8"],
                      help="element formats: both for FGMP, one for the single-precision baselines")
     dot.add_argument("--datapath", choices=DATAPATHS, default="shared",
-                     help="FGMP units: 'shared' (one FP8-width path), 'split' (FP4xFP4 pairs on a narrow path of "
-                          "their own) or 'split3' (FP4xFP8 pairs on a third path too); docs/hardware.md")
+                     help="FGMP units: 'shared' (one FP8-width path) or 'split' (FP4xFP4 pairs on a narrow path "
+                          "of their own); docs/hardware.md")
     dot.add_argument("--name", help="Verilog module name (default e.g. fgmp_dot_l4)")
     dot.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
     dot.add_argument("--no-lint", dest="lint", action="store_false",

@@ -8,32 +8,43 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["add_commands", "capture_layer_input", "engine_params", "run_e2e", "reporting_errors"]
+__all__ = ["add_commands", "capture_layer_input", "capture_layer_inputs", "engine_params", "run_e2e",
+           "reporting_errors"]
 
 DEFAULT_LAYER = "blocks.0.mlp.up_proj"  # an MLP projection of the embedded model
-ENERGY_UNITS = ("FGMP", "FP8-only")  # the energy proxy's units, in the order of its cases
+# The energy proxy's units, in the order of its cases: the shared and split FGMP datapaths, the baseline.
+ENERGY_UNITS = ("FGMP", "FGMP split", "FP8-only")
 
 
 def capture_layer_input(setup, plan, name, tokens):
     """The layer's BF16 input for the first ``tokens`` tokens of the evaluation windows, with the model
     running under ``plan`` (so upstream layers are quantized as deployed)."""
+    return capture_layer_inputs(setup, plan, [name], tokens)[name]
+
+
+def capture_layer_inputs(setup, plan, names, tokens):
+    """{name: BF16 input (tokens x in_features)} of the layers ``names`` in one pass of the model under
+    ``plan``, as capture_layer_input."""
     from fgmp.golden.policy import quantized
 
-    captured = []
+    captured = {name: [] for name in names}
 
-    def hook(module, args):  # observes; the plan's own hook quantizes afterwards
-        captured.append(args[0].detach().to(torch.bfloat16).cpu().reshape(-1, args[0].shape[-1]))
+    def hook_for(name):
+        def hook(module, args):  # observes; the plan's own hook quantizes afterwards
+            captured[name].append(args[0].detach().to(torch.bfloat16).cpu().reshape(-1, args[0].shape[-1]))
+        return hook
 
     windows = -(-tokens // (setup.eval_sequences.shape[1] - 1))
     if windows > setup.eval_sequences.shape[0]:
         raise ValueError(f"{tokens} tokens need {windows} evaluation windows; raise --eval-samples")
-    handle = setup.layers[name].register_forward_pre_hook(hook)
+    handles = [setup.layers[name].register_forward_pre_hook(hook_for(name)) for name in names]
     try:
         with torch.no_grad(), quantized(setup.lm.model, plan):
             setup.lm.logits(setup.eval_sequences[:windows, :-1])
     finally:
-        handle.remove()
-    return torch.cat(captured)[:tokens].contiguous()
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(parts)[:tokens].contiguous() for name, parts in captured.items()}
 
 
 def _plots(plan, name, out):
@@ -179,12 +190,12 @@ def _write_reports(summary, out):
 
 
 def _submit_energy(args, setup, plan, activations, out, pool, areas):
-    """The energy proxy (fgmp/energy.py) of the FGMP dot unit under ``plan`` against the FP8-only unit
-    running the same layer and tokens all in FP8, its steps submitted to ``pool``; returns the function
-    that waits for the result."""
+    """The energy proxy (fgmp/energy.py) of the FGMP dot unit's shared and split datapaths under ``plan``
+    against the FP8-only unit running the same layer and tokens all in FP8, its steps submitted to
+    ``pool``; returns the function that waits for the result."""
     from fgmp.energy import fgmp_case, submit_layer, uniform_case
 
-    cases = [fgmp_case("FGMP", plan, args.layer, activations),
+    cases = [*(fgmp_case(unit, plan, args.layer, activations, unit=unit) for unit in ENERGY_UNITS[:2]),
              uniform_case("FP8-only", setup.calibration, args.layer, activations, "fp8")]
     return submit_layer(cases, lanes=args.energy_lanes, out=out / "energy", pool=pool, areas=areas)
 
@@ -193,12 +204,17 @@ def _energy_summary(lanes, collect, say):
     from fgmp.energy import energy_rows
 
     rows = energy_rows(collect())
-    fgmp, fp8 = rows
-    say(f"energy proxy ({lanes}-lane dot units, this layer and tokens): "
-        f"FGMP {fgmp['energy_per_block_pair']:.0f} vs FP8-only {fp8['energy_per_block_pair']:.0f} "
-        f"transistor-toggles per block pair ({100 * (fgmp['vs_baseline'] - 1):+.1f} %; the paper reports -14 % "
-        "for its design); method and sweep in docs/results.md")
+    shared, split, fp8 = rows
+    say(f"energy proxy ({lanes}-lane dot units, this layer and tokens, datapath only): FGMP shared "
+        f"{shared['energy_per_block_pair']:.0f}, split {split['energy_per_block_pair']:.0f}, FP8-only "
+        f"{fp8['energy_per_block_pair']:.0f} transistor-toggles per block pair ({_change(shared)} and "
+        f"{_change(split)} vs FP8-only; the paper reports -14 % for its design with buffer reads); the whole "
+        "model, buffer reads and picojoules: docs/results.md")
     return {"lanes": lanes, "rows": rows}
+
+
+def _change(row):
+    return f"{100 * (row['vs_baseline'] - 1):+.1f} %"
 
 
 def _markdown(summary):

@@ -28,7 +28,7 @@ from fgmp.jobs import Inline
 from fgmp.sim.activity import build_activity_model, run_dot_activity
 from fgmp.sim.dot_stimuli import Reduction
 
-__all__ = ["EnergyResult", "LayerCase", "UNIT_FORMATS", "layer_reductions", "group_activity", "energy_proxy",
+__all__ = ["EnergyResult", "LayerCase", "ModelCase", "UNIT_FORMATS", "layer_reductions", "group_activity", "energy_proxy",
            "measure_energy", "fgmp_case", "uniform_case", "measure_layer", "submit_units", "submit_layer", "energy_rows"]
 
 _ESCAPE = re.compile(r"__0([0-9a-fA-F]{2})")
@@ -64,7 +64,7 @@ def _rows(bt, rows):
 
 # Names with no gates behind them: the top's input ports (synthesis gives them no cells) and the clock
 # and reset nets (the clock tree is outside the proxy).
-_UNDRIVEN = re.compile(r"^(i__|clk$|rst$)")
+_UNDRIVEN = {"dot": re.compile(r"^(i__|clk$|rst$)"), "reference": re.compile(r"^(a|b|clk|rst)$")}
 # Amaranth names the parent-side wires of the first decoder instance after its ports.
 _DECODER_PORT = re.compile(r"^(code|decoded)(\.|$)")
 
@@ -74,15 +74,16 @@ def group_activity(activity, *, kind="dot"):
     (``$12``) belong to no group and are left out, so are the names in ``_UNDRIVEN``; a struct signal
     whose fields have their own wires (``o__payload`` and ``o__payload.results[0]``) is counted once,
     through its fields."""
-    if kind not in GROUP_RULES:
-        raise ValueError(f"Unknown unit kind {kind!r}; choose from {', '.join(GROUP_RULES)}")
+    if kind not in _UNDRIVEN:
+        raise ValueError(f"Unknown unit kind {kind!r}; choose from {', '.join(_UNDRIVEN)}")
     names = {_unescape(raw): raw for raw in activity.toggles}
-    leaves = [name for name in names if "$" not in name and not _UNDRIVEN.search(name)
+    leaves = [name for name in names if "$" not in name and not _UNDRIVEN[kind].search(name)
               and not any(other.startswith((name + ".", name + "[")) for other in names)]
     totals = {}
     for name in leaves:
         raw = names[name]
-        group = name_group(name, GROUP_RULES[kind]) or ("decoders" if _DECODER_PORT.search(name) else CONTROL)
+        group = name_group(name, GROUP_RULES[kind]) or (
+            "decoders" if kind == "dot" and _DECODER_PORT.search(name) else CONTROL)
         transitions, bits = totals.get(group, (0, 0))
         totals[group] = (transitions + activity.toggles[raw], bits + activity.bits[raw])
     return totals
@@ -105,7 +106,7 @@ class EnergyResult:
                 "energy_per_block_pair": self.energy, "groups": self.groups}
 
 
-def energy_proxy(label, activity, area):
+def energy_proxy(label, activity, area, *, kind="dot"):
     """EnergyResult of an Activity weighted by an AreaResult (generic target, with its breakdown) of the
     same unit. A group with area but no named signal, or the reverse, is an error: the two views of the
     unit must agree."""
@@ -114,7 +115,7 @@ def energy_proxy(label, activity, area):
     sizes = area.group_transistor_estimates() if area.target == "generic" else {}
     if not sizes:
         raise ValueError("The energy proxy needs the generic target's per-group transistor counts")
-    measured = group_activity(activity)
+    measured = group_activity(activity, kind=kind)
     groups = {}
     for group, transistors in sizes.items():
         if group not in measured:
@@ -175,28 +176,58 @@ class LayerCase:
     def activation_fp8(self):
         return float(self.activations.precision.float().mean())
 
+    def reductions(self, lanes):
+        return layer_reductions(self.weights, self.activations, lanes)
 
-def fgmp_case(label, plan, name, x):
-    """The FGMP unit under ``plan``: the plan's weight blocks, activations as the activation unit
-    quantizes the BF16 inputs ``x`` (T, K) with the plan's registers (golden model, bit-exact)."""
+
+@dataclass(frozen=True)
+class ModelCase:
+    """Several layers streamed one after another through one unit (a whole model's sampled blocks)."""
+
+    label: str
+    unit: str
+    layers: tuple  # LayerCases
+
+    @property
+    def weight_fp8(self):
+        return _block_mean([c.weights.precision for c in self.layers])
+
+    @property
+    def activation_fp8(self):
+        return _block_mean([c.activations.precision for c in self.layers])
+
+    def reductions(self, lanes):
+        return [r for case in self.layers for r in case.reductions(lanes)]
+
+
+def _block_mean(precisions):
+    return float(sum(p.sum() for p in precisions)) / sum(p.numel() for p in precisions)
+
+
+def fgmp_case(label, plan, name, x, *, activation_plan=None, unit="FGMP"):
+    """An FGMP unit (``unit``: 'FGMP', 'FGMP split', ...) under ``plan``: the plan's weight blocks,
+    activations as the activation unit quantizes the BF16 inputs ``x`` (T, K) with the registers of
+    ``activation_plan`` (default ``plan``; golden model, bit-exact)."""
     from fgmp.golden import quantize_activations
 
-    rule = plan.activations[name]
+    activation_plan = activation_plan or plan
+    rule = activation_plan.activations[name]
     if rule.config is None:
-        raise ValueError(f"Plan {plan.policy!r} does not drive the activation unit for {name}")
+        raise ValueError(f"Plan {activation_plan.policy!r} does not drive the activation unit for {name}")
     blocks = quantize_activations(x, rule.config, block_size=plan.weights[name].block_size).blocks
-    return LayerCase(label, "FGMP", plan.weights[name], blocks)
+    return LayerCase(label, unit, plan.weights[name], blocks)
 
 
-def uniform_case(label, calibration, name, x, precision):
+def uniform_case(label, calibration, name, x, precision, *, plan=None):
     """The single-precision unit ``precision`` ('fp8' or 'nvfp4') on the same layer: every weight and
-    activation block in that format, activations with the layer's calibrated G = 2**k."""
+    activation block in that format, activations with the layer's calibrated G = 2**k. ``plan``: the
+    calibration's all-``precision`` plan, when the caller has it already."""
     from fgmp.golden import quantize_blocks
     from fgmp.golden.policy import build_plan
 
     if precision not in ("fp8", "nvfp4"):
         raise ValueError(f"Precision must be 'fp8' or 'nvfp4', not {precision!r}")
-    plan = build_plan(calibration, policy=precision, clipping=False)
+    plan = plan or build_plan(calibration, policy=precision, clipping=False)
     weights = plan.weights[name]
     activations = quantize_blocks(x, torch.full((x.shape[0], x.shape[1] // weights.block_size),
                                                         precision == "fp8"),
@@ -235,7 +266,7 @@ def submit_layer(cases, *, lanes, out, pool, pipeline_stages=1, reuse=True, area
     variants = []
     for variant in dict.fromkeys(case.unit for case in cases):
         chosen = [case for case in cases if case.unit == variant]
-        runs = {case.label: layer_reductions(case.weights, case.activations, lanes) for case in chosen}
+        runs = {case.label: case.reductions(lanes) for case in chosen}
         params = _variant_params(variant, lanes, pipeline_stages)
         variants.append((chosen, _submit_energy(params, runs, out, reuse=reuse, pool=pool,
                                                 area=(areas or {}).get(variant))))

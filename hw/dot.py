@@ -14,9 +14,9 @@ from .pipeline import StallPipeline, check_count, check_pipeline_stages
 __all__ = ["DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
 
 FORMATS = ("nvfp4", "fp8")
-# shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own.
-# split3: FP4xFP8 pairs (either order) on a third, middle-width path as well (docs/hardware.md).
-DATAPATHS = ("shared", "split", "split3")
+# shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
+# (docs/hardware.md, with the third path for FP4xFP8 pairs that was measured and dropped).
+DATAPATHS = ("shared", "split")
 _CANONICAL_NAN = 0x7FC00000
 # E2M1 joins the E4M3 datapath exactly: same significand, exponent + 8 (bias 1 / 1 mantissa bit vs 7 / 3).
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
@@ -94,7 +94,6 @@ class _Path:
 # The paths a datapath runs, widest first; a pairing runs on the path of its element formats.
 _WIDE, _WIDE_FP4 = _Path("", E4M3, E4M3), _Path("", E2M1, E2M1)
 _NARROW = _Path("n", E2M1, E2M1)  # FP4 x FP4
-_MIXED = _Path("m", E2M1, E4M3)  # the NVFP4 operand x the FP8 one, whichever side each comes from
 
 
 class DotUnit(wiring.Component):
@@ -106,9 +105,9 @@ class DotUnit(wiring.Component):
     ``overflow`` flag); ``pipeline_stages`` in 0..3, extra register cuts (after the adder tree, after the
     element products, after the scale multiply, in that order); ``formats``, a tuple of 'nvfp4' and/or
     'fp8' (FGMP, FP8-only or FP4-only units); ``datapath`` (FGMP units): 'shared' runs every pairing on
-    one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own and 'split3' FP4xFP8
-    pairs on a third one too. The split datapaths register each path's operands and load them only in
-    the cycles the path is used, so an idle path holds still; that register adds one cycle of latency.
+    one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own. The split datapath
+    registers each path's operands and loads them only in the cycles the path is used, so an idle path
+    holds still; that register adds one cycle of latency.
 
     Ports: ``i`` (In stream of ``{activation, weights[lanes], first, last}``), ``o`` (Out stream of
     ``{results[lanes] (FP32 bits), overflow}``, one transfer per reduction). A block with ``first`` set,
@@ -169,7 +168,7 @@ class DotUnit(wiring.Component):
     @property
     def _paths(self):
         wide = _WIDE if "fp8" in self._formats else _WIDE_FP4
-        return {"shared": (wide,), "split": (wide, _NARROW), "split3": (wide, _NARROW, _MIXED)}[self._datapath]
+        return {"shared": (wide,), "split": (wide, _NARROW)}[self._datapath]
 
     @property
     def _element_format(self):
@@ -208,7 +207,7 @@ class DotUnit(wiring.Component):
     def _decode_element(self, m, name, code, fp8):
         """({format: (sign, significand, exponent)}, NaN flag) of one element. The widest path's format
         (E4M3 whenever FP8 is enabled, NVFP4 elements promoted into it; else E2M1) is always there; the
-        split datapaths add the E2M1 form and, for the mixed path, the FP8 operand's own form."""
+        split datapath adds the E2M1 form for its narrow path."""
         fmt = self._element_format
         sign = Signal(name=f"{name}_sign")
         significand = Signal(fmt.significand_bits, name=f"{name}_sig")
@@ -236,8 +235,6 @@ class DotUnit(wiring.Component):
         forms = {fmt: (sign, significand, exponent)}
         if self._datapath != "shared":
             forms[E2M1] = (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
-        if self._datapath == "split3":
-            forms["fp8"] = (e4m3.decoded.sign, e4m3.decoded.significand, e4m3.decoded.exponent)
         return forms, fp8 & nan
 
     def _decode_scale(self, m, name, code):
@@ -291,12 +288,9 @@ class DotUnit(wiring.Component):
             m.d.comb += bits.eq(Cat(rounded[:23], exponent, value < 0))
         return bits
 
-    def _operands(self, lane, path, x_elements, w_elements, activation_fp8):
-        """[(a, b)] element operand pairs of ``path`` in one lane; the mixed path puts the NVFP4 element first."""
-        if path is _MIXED:
-            return [tuple(Mux(activation_fp8, w, x) for w, x in zip(w_forms[E2M1], x_forms[E2M1])) +
-                    tuple(Mux(activation_fp8, x, w) for x, w in zip(x_forms["fp8"], w_forms["fp8"]))
-                    for x_forms, w_forms in zip(x_elements, w_elements)]
+    @staticmethod
+    def _operands(path, x_elements, w_elements):
+        """[(activation element, weight element)] in ``path``'s operand formats, one pair per position."""
         return [x_forms[path.a] + w_forms[path.b] for x_forms, w_forms in zip(x_elements, w_elements)]
 
     def _hold_operands(self, m, enable, load, lane, path, operands, scale):
@@ -306,16 +300,18 @@ class DotUnit(wiring.Component):
         for i, fields in enumerate(operands):
             registers = []
             for role, value in zip(("a_sign", "a_sig", "a_exp", "b_sign", "b_sig", "b_exp"), fields):
-                # Decoded exponents are >= 1 (numerics §7): from reset a path holds a valid zero operand,
-                # and its product alignment does not move when the path first runs.
-                register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}", init=role.endswith("exp"))
+                # No reset: a path's result is used only after its operands were loaded. Decoded exponents
+                # are >= 1 (numerics §7), so from power-up a path holds a valid zero operand and its product
+                # alignment does not move when the path first runs.
+                register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}", init=role.endswith("exp"),
+                                  reset_less=True)
                 with m.If(enable & load):
                     m.d.sync += register.eq(value)
                 registers.append(register)
             held.append(tuple(registers))
         scale_registers = []
         for role, value in zip(("ssig", "sshift"), scale):
-            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}")
+            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}", reset_less=True)
             with m.If(enable & load):
                 m.d.sync += register.eq(value)
             scale_registers.append(register)
@@ -352,23 +348,18 @@ class DotUnit(wiring.Component):
             m.d.comb += [scale_significand.eq(w_scale.significand * x_scale.significand),
                          scale_shift.eq(w_scale.exponent + x_scale.exponent - 2),
                          nan.eq(Cat(x_nan, *(n for _, n in w_decoded)).any() | w_scale.nan)]
-            # One-hot over the paths after the first: [FP4 x FP4, FP4 x FP8]; none set: the widest path.
+            # One select per path after the widest (the FP4 x FP4 one); none set: the widest path.
             selects = []
             if split:
                 narrow = Signal(name=f"sel{lane}_fp4")
                 m.d.comb += narrow.eq(~activation_fp8 & ~weight_fp8)
                 selects.append(narrow)
-            if self._datapath == "split3":
-                mixed = Signal(name=f"sel{lane}_mixed")
-                m.d.comb += mixed.eq(activation_fp8 ^ weight_fp8)
-                selects.append(mixed)
-            operands = {path: self._operands(lane, path, x_elements, [f for f, _ in w_decoded], activation_fp8)
-                        for path in paths}
+            operands = {path: self._operands(path, x_elements, [f for f, _ in w_decoded]) for path in paths}
             lanes.append((operands, (scale_significand, scale_shift), nan, selects))
 
         valid, first, last = self.i.valid, payload.first, payload.last
         if split:
-            # The split datapaths' operand registers: a path loads only in the cycles it runs a pair.
+            # The split datapath's operand registers: a path loads only in the cycles it runs a pair.
             held = []
             for lane, (operands, scale, nan, selects) in enumerate(lanes):
                 wide_load = ~Cat(*selects).any()

@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 
 from fgmp.hw import DotUnit
+from fgmp.hw.reference import ReferenceCircuit
 from fgmp.hw.verilog import write_verilog
 from .dot import dot_top
 from .dot_stimuli import reductions_state
 from .runner import build_model, run_bench
 
-__all__ = ["Activity", "read_toggles", "build_activity_model", "run_dot_activity"]
+__all__ = ["Activity", "read_toggles", "build_activity_model", "run_dot_activity", "run_reference_activity"]
 
 # One coverage point: fields separated by \x01, key and value by \x02, then the count.
 _POINT = re.compile(r"^C '(?P<fields>[^']*)' (?P<count>\d+)$")
@@ -76,6 +77,26 @@ def build_activity_model(unit_params, build_root):
     ``build_root`` will use, before its stimuli exist (sim.runner.build_model)."""
     top, run_dir, source = _activity_source(DotUnit(**unit_params), unit_params, build_root)
     return build_model("verilator", [source], top, run_dir=run_dir, build_args=_TOGGLE_BUILD)[0]
+
+
+def run_reference_activity(operation, width, build_root, *, cycles=2000, seed=1):
+    """The Activity of ``ReferenceCircuit(operation=..., width=...)`` over ``cycles`` random operations
+    (one per cycle; ``block_pairs`` counts them), every result checked (sim/reference_bench.py)."""
+    params = {"operation": operation, "width": width}
+    unit = ReferenceCircuit(**params)
+    top = f"reference_{operation}{width}"
+    run_dir = (Path(build_root) / "verilator" / f"{top}_toggle").resolve()
+    source = write_verilog(unit, top, run_dir, params=params)
+    coverage = run_dir / "coverage.dat"
+    coverage.unlink(missing_ok=True)
+    result = run_bench(simulator="verilator", sources=[source], top=top, test_module="fgmp.sim.reference_bench",
+                       build_dir=run_dir, extra_env={"FGMP_REFERENCE_BENCH": json.dumps(
+                           {**params, "cycles": cycles, "seed": seed})},
+                       testcases=["random_operands"], build_args=_TOGGLE_BUILD)
+    if not coverage.exists():
+        raise FileNotFoundError(f"Verilator wrote no toggle coverage to {coverage}")
+    toggles, bits = read_toggles(coverage, top)
+    return Activity(toggles=toggles, bits=bits, cycles=cycles, block_pairs=result.report["block_pairs"])
 
 
 def run_dot_activity(unit_params, reductions, build_root, *, seed=1):

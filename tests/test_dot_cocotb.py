@@ -23,18 +23,16 @@ CONFIGURATIONS = {
     "split_l4_p3": ({"lanes": 4, "pipeline_stages": 3, "datapath": "split"}, ("exhaustive", "random"),
                     ("verilator",)),
     "split_l8_p1": ({"lanes": 8, "pipeline_stages": 1, "datapath": "split"}, ("random",), ("verilator",)),
-    "split3_l4_p2": ({"lanes": 4, "pipeline_stages": 2, "datapath": "split3"}, ("exhaustive", "random"),
-                     SIMULATORS),
 }
 # Element code pairs of all enabled pairings: FP8xFP8 + FP4xFP4 + both mixed orders.
 FGMP_PAIRS = 256 * 256 + 16 * 16 + 2 * 16 * 256
-EXHAUSTIVE_PAIRS = {"fgmp": FGMP_PAIRS, "split": FGMP_PAIRS, "split3": FGMP_PAIRS, "nvfp4": 16 * 16}
+EXHAUSTIVE_PAIRS = {"fgmp": FGMP_PAIRS, "split": FGMP_PAIRS, "nvfp4": 16 * 16}
 CASES = [(name, simulator) for name, (_, _, simulators) in CONFIGURATIONS.items() for simulator in simulators]
 
 
 def test_every_simulator_runs_the_exhaustive_fgmp_and_fp4_suites():
     for simulator in SIMULATORS:
-        for variant in ("fgmp", "nvfp4", "split", "split3"):
+        for variant in ("fgmp", "nvfp4", "split"):
             assert any(name.startswith(variant) and "exhaustive" in CONFIGURATIONS[name][1]
                        for name, sim in CASES if sim == simulator)
 

@@ -40,10 +40,10 @@ def test_fgmp_unit_matches_golden_under_stalls(pipeline_stages):
 
 
 @pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
-@pytest.mark.parametrize("datapath", ["split", "split3"])
-def test_split_datapaths_match_golden_under_stalls(datapath, pipeline_stages):
-    """Every pairing on its own path, the paths switching from block to block and lane to lane."""
-    unit = DotUnit(lanes=3, pipeline_stages=pipeline_stages, max_blocks=32, datapath=datapath)
+def test_split_datapath_matches_golden_under_stalls(pipeline_stages):
+    """FP4xFP4 pairs on the narrow path, the others on the wide one, switching from block to block and
+    lane to lane."""
+    unit = DotUnit(lanes=3, pipeline_stages=pipeline_stages, max_blocks=32, datapath="split")
     reductions = random_reductions(lanes=3, formats=unit.formats, block_size=B, count=30, max_blocks=12,
                                    seed=10 + pipeline_stages)
     results, overflows, _, _ = rtl_dot(unit, reductions, idle=0.3, backpressure=0.4, seed=pipeline_stages)
@@ -51,10 +51,9 @@ def test_split_datapaths_match_golden_under_stalls(datapath, pipeline_stages):
     assert not any(overflows)
 
 
-@pytest.mark.parametrize("datapath", ["split", "split3"])
-def test_split_datapaths_every_fp4_code_against_every_fp4_and_fp8_activation(datapath):
-    """The FP4xFP4 path and (split3) the FP4xFP8 path on every NVFP4 weight code (cocotb covers all pairs)."""
-    unit = DotUnit(lanes=16, pipeline_stages=0, datapath=datapath)
+def test_split_datapath_every_fp4_code_against_every_fp4_and_fp8_activation():
+    """Both paths on every NVFP4 weight code (cocotb covers all pairs)."""
+    unit = DotUnit(lanes=16, pipeline_stages=0, datapath="split")
     reductions, _ = exhaustive_reductions(lanes=16, formats=unit.formats, block_size=B)
     subset = [r for r in reductions if not r.weights.precision.any()]
     results, _, _, _ = rtl_dot(unit, subset)
@@ -134,7 +133,7 @@ def test_block_after_last_starts_a_new_reduction_without_first():
     assert results == expected_results(reductions) == [[0x42000000], [0x42800000]]  # 32.0, 64.0
 
 
-@pytest.mark.parametrize("datapath", ["shared", "split3"])
+@pytest.mark.parametrize("datapath", ["shared", "split"])
 def test_nan_stays_in_its_lane_and_clears_with_the_next_reduction(datapath):
     unit = DotUnit(lanes=2, pipeline_stages=0, datapath=datapath)
     poisoned = _bt([[[0x38] * B] * 2, [[0x38] * B] * 2], [[ONE_SCALE, 0x7F], [ONE_SCALE] * 2], [[True] * 2] * 2)
@@ -144,7 +143,7 @@ def test_nan_stays_in_its_lane_and_clears_with_the_next_reduction(datapath):
     assert results == [[NAN, 0x42000000], [0x42000000, 0x42000000]]
 
 
-@pytest.mark.parametrize("datapath", ["shared", "split", "split3"])
+@pytest.mark.parametrize("datapath", ["shared", "split"])
 def test_fgmp_unit_ignores_the_high_nibble_of_nvfp4_codes(datapath):
     unit = DotUnit(lanes=1, pipeline_stages=0, datapath=datapath)
     clean = _uniform(1, 1, 0x03, ONE_SCALE, fp8=False)  # E2M1 1.5
@@ -164,10 +163,9 @@ def test_widths_follow_the_numerics_contract():
     assert (fp4.product_bits, fp4.product_lsb_exponent, fp4.accumulator_lsb_exponent) == (8, -2, -20)
     assert fp4.accumulator_width < fgmp.accumulator_width
     assert DotUnit(lanes=1, formats=("fp8", "nvfp4")).formats == ("nvfp4", "fp8")
-    for datapath in ("split", "split3"):  # the narrow paths join the same exact accumulator
-        split = DotUnit(lanes=1, datapath=datapath)
-        assert (split.product_bits, split.product_lsb_exponent, split.accumulator_width) == (36, -18, 87)
-        assert split.datapath == datapath and fgmp.datapath == "shared"
+    split = DotUnit(lanes=1, datapath="split")  # the narrow path joins the same exact accumulator
+    assert (split.product_bits, split.product_lsb_exponent, split.accumulator_width) == (36, -18, 87)
+    assert split.datapath == "split" and fgmp.datapath == "shared"
 
 
 def test_properties_are_read_only():
@@ -189,12 +187,12 @@ def test_properties_are_read_only():
     ({"lanes": 1, "formats": ()}, ValueError, "Formats must name at least one of 'nvfp4', 'fp8'"),
     ({"lanes": 1, "formats": ("fp6",)}, ValueError, "Unknown format 'fp6'; choose from 'nvfp4', 'fp8'"),
     ({"lanes": 1, "formats": ("fp8", "fp8")}, ValueError, "Formats must not repeat, not ('fp8', 'fp8')"),
-    ({"lanes": 1, "datapath": "wide"}, ValueError, "Unknown datapath 'wide'; choose from 'shared', 'split', 'split3'"),
-    ({"lanes": 1, "datapath": None}, TypeError, "Datapath must be one of 'shared', 'split', 'split3', not None"),
+    ({"lanes": 1, "datapath": "wide"}, ValueError, "Unknown datapath 'wide'; choose from 'shared', 'split'"),
+    ({"lanes": 1, "datapath": None}, TypeError, "Datapath must be one of 'shared', 'split', not None"),
     ({"lanes": 1, "formats": ("fp8",), "datapath": "split"}, ValueError,
      "The split datapath needs both formats ('nvfp4', 'fp8'), not ('fp8',)"),
-    ({"lanes": 1, "formats": ("nvfp4",), "datapath": "split3"}, ValueError,
-     "The split3 datapath needs both formats ('nvfp4', 'fp8'), not ('nvfp4',)"),
+    ({"lanes": 1, "formats": ("nvfp4",), "datapath": "split"}, ValueError,
+     "The split datapath needs both formats ('nvfp4', 'fp8'), not ('nvfp4',)"),
 ])
 def test_invalid_parameters_raise_clear_errors(kwargs, error, message):
     with pytest.raises(error) as info:

@@ -81,21 +81,27 @@ def test_layer_bench_takes_relative_directories(elsewhere):
     assert result.build_dir == elsewhere / "sim" / "verilator" / "fgmp_engine_l4"
 
 
-@pytest.mark.cocotb
-@pytest.mark.parametrize("out", ["../demo", None])
-def test_demo_from_elsewhere(out, elsewhere, capsys):
-    """``fgmp demo`` on Verilator without the energy proxy (tests/test_energy.py measures that), with a
-    relative --out and with its default. Its units are configurations the suite builds anyway."""
+DEMO_VERILOG = ["e2m1_decoder.v", "e4m3_decoder.v", "fgmp_actq.v", "fgmp_dot_l8.v", "fgmp_engine_l4.v",
+                "ue4m3_decoder.v"]
+
+
+def _demo_configurations_are_the_suites():
+    """The demo's units are configurations the suite builds anyway (one build each per session)."""
     from fgmp import demo
     from test_actq_cocotb import ENGINE
     from test_dot_cocotb import CONFIGURATIONS
 
     assert demo.DOT == CONFIGURATIONS["fgmp_l8_p1"][0] and demo._engine() == {
         key: ENGINE[key] for key in ("lanes", "max_channels")}
-    assert main(["demo", "--simulators", "verilator", "--no-energy", *(["--out", out] if out else [])]) == 0
-    directory = elsewhere.parent / "demo" if out else elsewhere / "out" / "demo"
-    assert sorted(p.name for p in (directory / "verilog").glob("*.v")) == [
-        "e2m1_decoder.v", "e4m3_decoder.v", "fgmp_actq.v", "fgmp_dot_l8.v", "fgmp_engine_l4.v", "ue4m3_decoder.v"]
+
+
+@pytest.mark.cocotb
+def test_demo_with_a_relative_out(elsewhere, capsys):
+    """``fgmp demo`` on Verilator without the energy proxy (tests/test_energy.py measures that)."""
+    _demo_configurations_are_the_suites()
+    assert main(["demo", "--simulators", "verilator", "--no-energy", "--out", "../demo"]) == 0
+    directory = elsewhere.parent / "demo"
+    assert sorted(p.name for p in (directory / "verilog").glob("*.v")) == DEMO_VERILOG
     bench = json.loads((directory / "e2e" / "e2e.json").read_text())["bench"]
     assert bench["mismatches"] == 0 and bench["checked"] == 4 * 768 + 1
     printed = capsys.readouterr().out
@@ -103,6 +109,20 @@ def test_demo_from_elsewhere(out, elsewhere, capsys):
     assert "outputs of 5 unit suites and the end-to-end layer against the golden model: 0 mismatches" in summary
     assert "memory    5.763 bits per weight" in summary and "energy" not in summary
     assert f"outputs   {directory}" in summary
+
+
+@pytest.mark.cocotb
+def test_demo_in_its_default_out(elsewhere, capsys):
+    """The units' checks alone (the end-to-end part's default directory is tested above and by e2e)."""
+    _demo_configurations_are_the_suites()
+    assert main(["demo", "--simulators", "verilator", "--no-e2e"]) == 0
+    directory = elsewhere / "out" / "demo"
+    assert sorted(p.name for p in (directory / "verilog").glob("*.v")) == DEMO_VERILOG
+    assert not (directory / "e2e").exists()
+    printed = capsys.readouterr().out
+    summary = printed[printed.index("Summary"):]
+    assert "outputs of 5 unit suites against the golden model: 0 mismatches" in summary
+    assert "model" not in summary and f"outputs   {directory}" in summary
 
 
 @pytest.mark.parametrize("args, message", [

@@ -68,7 +68,7 @@ def _add_unit_options(parser):
     parser.add_argument("--max-blocks", type=int, help="dot unit: longest exact reduction (default 1024)")
     parser.add_argument("--dot-stages", type=int, help="engine: the dot unit's register cuts")
     parser.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], help="dot unit: element formats")
-    parser.add_argument("--datapath", choices=DATAPATHS, help="FGMP dot unit: shared, split or split3 (docs/hardware.md)")
+    parser.add_argument("--datapath", choices=DATAPATHS, help="FGMP dot unit: shared or split (docs/hardware.md)")
     parser.add_argument("--format", choices=["e2m1", "e4m3", "ue4m3"], help="decoder: which one")
 
 
@@ -110,8 +110,8 @@ def _area(args):
     tables = [(f"Area on {TARGET_TITLES[t]}", table) for t, table in area_tables(results).items()]
     if lanes is not None:
         variants, overhead = compare_tables(results, lanes)
-        tables += [("FGMP (shared, split, split3) vs FP8-only vs FP4-only (primary figure per target, ratio to "
-                    "FGMP)", variants)]
+        tables += [("FGMP (shared, split) vs FP8-only vs FP4-only (primary figure per target, ratio to FGMP)",
+                    variants)]
         if overhead["rows"]:
             tables += [("Activation unit relative to the FGMP dot unit it feeds", overhead)]
     for r in results:
@@ -196,7 +196,7 @@ def add_commands(commands):
 
     area = commands.add_parser("area", help="Yosys area of a unit (generic, iCE40, ECP5), or the FGMP comparison")
     area.add_argument("unit", choices=[*_UNITS, "compare"],
-                      help="a unit, or 'compare': the FGMP (shared, split, split3), FP8-only and FP4-only dot units "
+                      help="a unit, or 'compare': the FGMP (shared, split), FP8-only and FP4-only dot units "
                            "and the activation unit")
     _add_unit_options(area)
     area.add_argument("--targets", nargs="+", default=list(TARGETS), help=f"of {', '.join(TARGETS)} (default all)")

@@ -16,11 +16,11 @@ __all__ = ["GROUP_RULES", "GROUP_ORDER", "CONTROL", "assign_groups", "name_group
 CONTROL = "control"
 
 _PIPELINE = ("pipeline registers", r"_q$|_v$")
-# The widest path keeps the shared datapath's names; the split datapaths' FP4xFP4 path prefixes them with
-# n, the FP4xFP8 path with m, and their operand registers are <prefix>op<lane>_... (hw/dot.py).
+# The widest path keeps the shared datapath's names; the split datapath's FP4xFP4 path prefixes them with
+# n, and the operand registers are <prefix>op<lane>_... (hw/dot.py).
 _DOT = [
     _PIPELINE,
-    ("operand registers", r"^[nm]?op\d+_"),
+    ("operand registers", r"^n?op\d+_"),
     ("decoders", r"^[xw][\d_]*_(e2m1|e4m3)\.|^[xw][\d_]+_(sign|sig|exp|nan)$|^(x|w\d+)_scale\."),
     ("multipliers", r"^p\d+_\d+(_shift)?$"),
     ("adder tree", r"^t\d+_l\d+_\d+$|^sum\d+$"),
@@ -28,9 +28,6 @@ _DOT = [
     ("FP4×FP4 multipliers", r"^np\d+_\d+(_shift)?$"),
     ("FP4×FP4 adder tree", r"^nt\d+_l\d+_\d+$|^nsum\d+$"),
     ("FP4×FP4 scale path", r"^nterm\d+$"),
-    ("FP4×FP8 multipliers", r"^mp\d+_\d+(_shift)?$"),
-    ("FP4×FP8 adder tree", r"^mt\d+_l\d+_\d+$|^msum\d+$"),
-    ("FP4×FP8 scale path", r"^mterm\d+$"),
     ("accumulator", r"^acc\d+|^final|^count|^start$|^in_reduction$"),
     ("FP32 conversion", r"^fp32_\d+_|^o__payload"),
 ]
@@ -47,9 +44,12 @@ _ACTQ = [
 # question there is what the activation unit adds; its own breakdown is in the actq report. A rule's
 # third field is a hierarchy prefix the name must carry, removed before the pattern is matched.
 _ENGINE = [("activation unit", r".", "quantizer.")] + [(name, pattern, "dot.") for name, pattern in _DOT]
-GROUP_RULES = {"dot": _DOT, "actq": _ACTQ, "engine": _ENGINE, "decoder": [("decoder", r".")]}
+# Reference circuits (hw/reference.py): the operation's gates, and the operand and result registers.
+_REFERENCE = [("registers", r"^(a_q|b_q|result)$"), ("arithmetic", r"^result_comb$")]
+GROUP_RULES = {"dot": _DOT, "actq": _ACTQ, "engine": _ENGINE, "decoder": [("decoder", r".")],
+               "reference": _REFERENCE}
 # Datapath order (input to output), for tables and plots; pipeline registers and control last.
-GROUP_ORDER = [name for rules in (_ENGINE, _ACTQ) for name, *_ in rules if name != _PIPELINE[0]] + [
+GROUP_ORDER = [name for rules in (_ENGINE, _ACTQ, _REFERENCE) for name, *_ in rules if name != _PIPELINE[0]] + [
     _PIPELINE[0], CONTROL]
 
 

@@ -16,8 +16,8 @@ __all__ = ["VARIANTS", "compare_configs", "area_sweep", "timing_sweep"]
 
 
 def compare_configs(lanes, *, block_size=16, max_blocks=1024, pipeline_stages=1, max_channels=4096, actq=True):
-    """(kind, params) of the comparison: each variant of the dot unit (VARIANTS: the shared, split and split3
-    FGMP datapaths, FP8-only, FP4-only) per lane count, and the activation
+    """(kind, params) of the comparison: each variant of the dot unit (VARIANTS: the shared and split FGMP
+    datapaths, FP8-only, FP4-only) per lane count, and the activation
     unit that feeds them (its ``max_channels`` / ``block_size`` table rows match ``max_blocks``)."""
     configs = [("dot", {"lanes": count, "block_size": block_size, "max_blocks": max_blocks,
                         "pipeline_stages": pipeline_stages, **variant})

@@ -20,7 +20,6 @@ UNITS = {
 DOT_VARIANTS = {
     "FGMP": {"formats": ("nvfp4", "fp8")},
     "FGMP split": {"formats": ("nvfp4", "fp8"), "datapath": "split"},
-    "FGMP split3": {"formats": ("nvfp4", "fp8"), "datapath": "split3"},
     "FP8-only": {"formats": ("fp8",)},
     "FP4-only": {"formats": ("nvfp4",)},
 }
