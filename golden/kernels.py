@@ -280,6 +280,17 @@ _MAGIC_OFFSET = (22 << 23, 20 << 23)
 _ELEMENT_MAX = (6.0, 448.0)
 
 
+def round_to_grid(y, fp8):
+    """RNE of non-negative FP32 values onto the E4M3 (``fp8``) or E2M1 value grid, saturating, as FP32
+    values: the magic addition of unit_values, out of place (unit_values meets only y <= 9 and y <= 672
+    in the blocks it keeps; here anything above twice the largest element is clamped first, so that C
+    stays finite)."""
+    i = int(fp8)
+    y = y.clamp(max=2 * _ELEMENT_MAX[i])
+    magic = ((y.view(torch.int32) & 0x7F800000).clamp(min=_GRID_MIN_BITS[i]) + _MAGIC_OFFSET[i]).view(torch.float32)
+    return ((y + magic) - magic).clamp(max=_ELEMENT_MAX[i])
+
+
 class UnitConstants:
     """Per layer configuration and device: the divisors and limits of the fast path as device tensors,
     and the sensitivities scaled to real units (numerics §9.1). Made once and reused every call."""
