@@ -2,6 +2,7 @@
 and the errors a user hits."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -103,3 +104,36 @@ def test_unit_decisions_match_exact_scores_on_real_activations():
     assert blocks == 2 * 64 * sum(layer.in_features // 16 for layer in setup.layers.values())
     assert 0.05 < fp8 / blocks < 0.95  # the threshold is live, not trivially all-or-nothing
     assert agree / blocks >= 0.999
+
+
+def test_sweep_over_calibration_seeds_reports_the_spread(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(["quantize", *FAST, "--sweep", "--seeds", "0", "1", "--fractions", "0.3", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert data["meta"]["seeds"] == [0, 1] and {r["seed"] for r in data["rows"]} == {0, 1}
+    assert all(len(r["window_nll"]) == 2 for r in data["rows"])
+    # Same evaluation windows for every seed: the unquantized model scores the same.
+    unquantized = [r["perplexity"] for r in data["rows"] if r["policy"] == "unquantized"]
+    assert unquantized[0] == unquantized[1]
+    table = (out / "results.md").read_text()
+    assert "| perplexity, mean over seeds | range over seeds | vs fgmp + clipping | seed sd | window s.e. |" in table
+    assert "within noise" in table or "worse" in table or "better" in table
+
+
+def test_spread_pairs_seeds_and_windows():
+    from fgmp.quantize import spread
+
+    def row(policy, clipping, seed, ppl, windows):
+        return {"policy": policy, "clipping": clipping, "requested_fp8": 0.3, "seed": seed, "perplexity": ppl,
+                "weight_fp8": 0.3, "activation_fp8": 0.25, "bits_per_weight": 5.76, "window_nll": windows}
+
+    rows = [row("fgmp", True, 0, 2.0, [0.7, 0.7]), row("fgmp", True, 1, 2.0, [0.7, 0.7]),
+            row("random", False, 0, 2.2, [0.80, 0.78]), row("random", False, 1, 2.4, [0.86, 0.88])]
+    by = {e["policy"]: e for e in spread(rows)}
+    random = by["random"]
+    assert random["delta"] == pytest.approx(15.0) and random["seed_sd"] == pytest.approx(math.sqrt(50))
+    se = (0.01 + 0.01) / 2  # per seed: sd of the window differences / sqrt(2), then averaged
+    assert random["window_se"] == pytest.approx(100 * se)
+    assert random["noise"] == pytest.approx(math.sqrt(50 / 2 + 1.0))
+    assert random["within_noise"] is False and by["fgmp"]["delta"] is None
+    assert (random["perplexity_min"], random["perplexity_max"]) == (2.2, 2.4)
