@@ -16,6 +16,7 @@ import cocotb
 import torch
 
 from fgmp.hw import DotUnit
+from .dot import dot_top
 from .dot_stimuli import (PayloadPacker, exhaustive_reductions, expected_results, random_reductions,
                           reductions_from_state)
 from .fields import unpack_value
@@ -55,8 +56,7 @@ async def _stream_and_check(dut, unit, reductions, *, name, idle, backpressure, 
     outputs = await monitor.receive(len(reductions), counter)
     seconds = time.perf_counter() - start
 
-    variant = "fgmp" if len(unit.formats) == 2 else unit.formats[0]
-    scoreboard = Scoreboard(f"{variant}_dot_l{unit.lanes}_{name}")
+    scoreboard = Scoreboard(f"{dot_top(unit)}_{name}")
     overflows = 0
     for index, (word, want) in enumerate(zip(outputs, expected)):
         fields = unpack_value(out_layout, word)
