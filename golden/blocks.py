@@ -229,7 +229,16 @@ def dequantize(bt, *, dtype=torch.float32):
     if not isinstance(bt, BlockTensor):
         raise TypeError(f"Expected a BlockTensor, not {type(bt).__name__}")
     if dtype == torch.float32:
-        return kernels.dequantize_fast(bt.codes, bt.scales, bt.precision, bt.global_scale).reshape(bt.shape)
+        # Block rows in cache-sized chunks into one output: the lookups' int32 indices and FP32 temporaries
+        # stay chunk-sized (whole-tensor ones cost 3x the weight's memory at 7B-layer sizes).
+        codes = bt.codes.reshape(-1, bt.block_size)
+        scales = bt.scales.reshape(-1)
+        precision = torch.broadcast_to(bt.precision, bt.scales.shape).reshape(-1)
+        out = torch.empty(codes.shape, dtype=torch.float32, device=codes.device)
+        for start, stop in kernels.chunk_rows(codes.shape[0], bt.block_size, codes.device):
+            out[start:stop] = kernels.dequantize_fast(codes[start:stop], scales[start:stop], precision[start:stop],
+                                                      bt.global_scale)
+        return out.reshape(bt.shape)
     return dequantize_reference(bt, dtype=dtype)
 
 

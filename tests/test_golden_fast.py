@@ -255,3 +255,95 @@ def test_cuda_kernels_match_the_cpu_and_stay_on_the_device():
     values, precision = fake_quantize_activations(x.to(device), config)
     assert values.device.type == "cuda"
     assert torch.equal(_bits(values.cpu()), _bits(dequantize_reference(reference.blocks)))
+
+
+# ------------------------------------------------------------------------- policy fast paths (issue 18)
+
+
+def _clip_oracle(weight, fisher, candidates):
+    """Scale clipping from the reference quantizer alone: every candidate code's blocks through
+    quantize_blocks_reference, the exact float64 dequantized value G * s * dec(code), the Fisher-weighted
+    block error in float64; the first (largest) code of the smallest error wins."""
+    plain = quantize_blocks_reference(weight, torch.tensor(False))
+    g = plain.global_scale.double()
+    e2m1, ue4m3 = E2M1._code_values, UE4M3._code_values
+    best_codes, best_error = None, None
+    for step in range(candidates):
+        codes = (plain.scales.long() - step).clamp(min=0).to(torch.uint8)
+        bt = quantize_blocks_reference(weight, torch.tensor(False), scale=plain.global_scale, block_scales=codes)
+        values = e2m1[bt.codes.long()] * ue4m3[bt.scales.long()].unsqueeze(-1) * g
+        blocks = weight.double().reshape(values.shape)
+        error = ((blocks - values).pow(2) * fisher.double().reshape(values.shape)).sum(dim=-1)
+        if best_codes is None:
+            best_codes, best_error = codes, error
+            continue
+        better = error < best_error
+        best_codes, best_error = torch.where(better, codes, best_codes), torch.where(better, error, best_error)
+    return best_codes
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_clip_nvfp4_scales_matches_the_reference_paths(seed):
+    """The fast clipping loop (one fast quantization per candidate, errors from exact FP32 s * dec
+    products) picks the same codes as _clip_reference (quantize_blocks + weighted_error) and as an
+    oracle built on quantize_blocks_reference alone: rows spanning several cache chunks, heavy tails,
+    zero blocks, tiny blocks whose candidates reach scale code 0, Fisher zeros (ties keep the larger
+    scale), and a global scale outside the fast range (the reference fallback)."""
+    from fgmp.golden.policy.weights import _clip_reference, clip_nvfp4_scales
+
+    g = torch.Generator().manual_seed(seed)
+    rows, cols = 160, 2048  # 128 rows per CPU chunk at this width: two chunks
+    weight = torch.randn(rows, cols, generator=g) * torch.rand(rows, cols, generator=g).pow(4) * 3
+    weight[3, :64] = 0  # zero blocks
+    weight[5, 16:32] *= 2.0**-12  # blocks far below amax: small scale codes, candidates clamp at 0
+    weight[7, :16] = 1e-30
+    fisher = torch.rand(rows, cols, generator=g).pow(3)
+    fisher[:, :32] = 0  # every candidate ties
+    fast = clip_nvfp4_scales(weight, fisher)
+    plain = golden.quantize_nvfp4(weight)
+    assert torch.equal(fast, _clip_reference(weight.float(), fisher, plain, 16, 8))
+    assert torch.equal(fast, _clip_oracle(weight, fisher, 8))
+    assert torch.equal(clip_nvfp4_scales(weight, fisher, candidates=3), _clip_oracle(weight, fisher, 3))
+    assert not torch.equal(fast, plain.scales)  # clipping moved some scales
+    # G outside FAST_SCALE_RANGE: the reference path, same choice as the oracle.
+    small = weight[:8, :256] * 2.0**-110
+    assert float(golden.quantize_nvfp4(small).global_scale) < kernels.FAST_SCALE_RANGE[0]
+    assert torch.equal(clip_nvfp4_scales(small, fisher[:8, :256]), _clip_oracle(small, fisher[:8, :256], 8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fisher_weight_accumulation_is_the_plain_square_and_add(dtype):
+    """The Fisher collector squares and adds gradients in cache-sized chunks: bit-identical to
+    ``acc += grad.float().pow(2)`` over several samples, whatever the gradient's dtype."""
+    from torch import nn
+
+    from fgmp.golden.policy.fisher import _Collector
+
+    g = torch.Generator().manual_seed(2)
+    layer = nn.Linear(1536, 300, bias=False).to(dtype)  # 300 rows: three CPU chunks at this width
+    collector = _Collector(layer)
+    expected = torch.zeros(300, 1536)
+    for sample in range(3):
+        grad = (torch.randn(300, 1536, generator=g) * 2.0 ** torch.randint(-70, 20, (300, 1), generator=g)).to(dtype)
+        grad[0, :4] = torch.tensor([0.0, -0.0, 1e-45, -3e38])
+        layer.weight.grad = grad
+        collector.add_weight_grad()
+        expected += grad.float().pow(2)
+    layer.weight.grad = None
+    collector.add_weight_grad()  # no gradient: nothing added
+    assert torch.equal(collector.weight.view(torch.int32), expected.view(torch.int32))
+    collector.handle.remove()
+
+
+def test_dequantize_in_chunks_matches_the_reference():
+    """dequantize works through cache-sized chunks of blocks: bit-identical to the reference across chunk
+    boundaries, with mixed precision, a broadcast precision and a 3-D tensor."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 300, 1024, generator=g) * torch.rand(2, 300, 1, generator=g).pow(6) * 100  # 38400 blocks
+    precision = torch.rand(2, 300, 64, generator=g) < 0.4
+    for bt in (golden.quantize_blocks(x, precision), golden.quantize_blocks(x, torch.tensor(True))):
+        assert torch.equal(_bits(golden.dequantize(bt)), _bits(dequantize_reference(bt)))
+    broadcast = golden.quantize_nvfp4(x)
+    broadcast = golden.BlockTensor(codes=broadcast.codes, scales=broadcast.scales, precision=torch.tensor(False),
+                                   global_scale=broadcast.global_scale)
+    assert torch.equal(_bits(golden.dequantize(broadcast)), _bits(dequantize_reference(broadcast)))

@@ -109,27 +109,59 @@ def weighted_error(weight, fisher, bt):
 def clip_nvfp4_scales(weight, fisher, *, block_size=DEFAULT_BLOCK_SIZE, candidates=CLIP_CANDIDATES):
     """UE4M3 scale codes of NVFP4 blocks chosen among the amax-derived code and the ``candidates - 1``
     codes below it, minimising the Fisher-weighted error; ties keep the larger scale, so the result is
-    never worse than no clipping. Row chunk by row chunk, so every candidate stays in cache."""
+    never worse than no clipping. Row chunk by row chunk, so every candidate stays in cache: the FP32
+    magnitudes and the float64 weight and Fisher are made once per chunk, and each candidate costs one
+    quantization of the chunk's elements (the fast exact kernel) and one float64 error."""
     if not isinstance(candidates, int) or isinstance(candidates, bool) or candidates < 1:
         raise ValueError(f"Clipping candidates must be a positive integer, not {candidates!r}")
     weight = weight.detach().float()
-    g = global_scale(weight)
+    plain = quantize_nvfp4(weight, block_size=block_size)
+    g, g64 = plain.global_scale, plain.global_scale.to(torch.float64)
+    low, high = kernels.FAST_SCALE_RANGE
+    if not low <= float(g) <= high:
+        return _clip_reference(weight, fisher, plain, block_size, candidates)
     flat_w, flat_f = _flat(weight), _flat(fisher)
-    best = torch.empty(flat_w.shape[0], flat_w.shape[1] // block_size, dtype=torch.uint8, device=weight.device)
+    plain_scales = plain.scales.reshape(flat_w.shape[0], -1)
+    best = torch.empty_like(plain_scales)
+    table = kernels.tables(weight.device)
     for start, stop in _row_chunks(flat_w.shape[0], flat_w.shape[1], weight.device):
-        w, f = flat_w[start:stop], flat_f[start:stop]
-        plain = quantize_blocks(w, torch.tensor(False), block_size=block_size, scale=g)
-        best_codes = plain.scales.clone()
-        best_error = weighted_error(w, f, plain)
-        for step in range(1, candidates):
-            codes = (plain.scales.long() - step).clamp(min=0).to(torch.uint8)
-            bt = quantize_blocks(w, torch.tensor(False), block_size=block_size, scale=g, block_scales=codes)
-            error = weighted_error(w, f, bt)
+        w = flat_w[start:stop]
+        blocks = w.reshape(w.shape[0], -1, block_size)
+        magnitudes = blocks.abs()
+        w64, f64 = w.double(), flat_f[start:stop].to(w.device).double()
+        nvfp4 = torch.zeros(blocks.shape[:-1], dtype=torch.bool, device=w.device)
+        best_codes, best_error = None, None
+        for step in range(candidates):
+            codes = (plain_scales[start:stop].long() - step).clamp(min=0).to(torch.uint8)
+            elements, _ = kernels.quantize_blocks_fast(blocks, magnitudes, None, nvfp4, g, codes)
+            values = (table.e2m1.index_select(0, elements.reshape(-1).to(torch.int32)).reshape(blocks.shape)
+                      * table.ue4m3.index_select(0, codes.reshape(-1).to(torch.int32)).reshape(codes.shape).unsqueeze(-1))
+            # values = s * dec(code), exact in FP32: times G in float64 is the exact dequantized weight.
+            error = ((w64 - values.reshape(w.shape).double() * g64).pow(2) * f64)
+            error = _blocks(error, block_size).sum(dim=-1)
+            if best_codes is None:
+                best_codes, best_error = codes, error
+                continue
             better = error < best_error
             best_codes = torch.where(better, codes, best_codes)
             best_error = torch.where(better, error, best_error)
         best[start:stop] = best_codes
     return best.reshape(*weight.shape[:-1], weight.shape[-1] // block_size)
+
+
+def _clip_reference(weight, fisher, plain, block_size, candidates):
+    """The same choice through quantize_blocks and weighted_error (global scales outside the fast range)."""
+    best_codes = plain.scales.clone()
+    best_error = weighted_error(weight, fisher, plain)
+    for step in range(1, candidates):
+        codes = (plain.scales.long() - step).clamp(min=0).to(torch.uint8)
+        bt = quantize_blocks(weight, torch.tensor(False), block_size=block_size, scale=plain.global_scale,
+                             block_scales=codes)
+        error = weighted_error(weight, fisher, bt)
+        better = error < best_error
+        best_codes = torch.where(better, codes, best_codes)
+        best_error = torch.where(better, error, best_error)
+    return best_codes
 
 
 def quantize_weight(weight, precision, fisher=None, *, clipping=False, block_size=DEFAULT_BLOCK_SIZE):
