@@ -37,10 +37,14 @@ def capture_layer_inputs(setup, plan, names, tokens):
     windows = -(-tokens // (setup.eval_sequences.shape[1] - 1))
     if windows > setup.eval_sequences.shape[0]:
         raise ValueError(f"{tokens} tokens need {windows} evaluation windows; raise --eval-samples")
+    inputs = setup.eval_sequences[:windows, :-1]
+    if setup.lm.task == "masked":  # the inputs the evaluation gives the model: its seeded masking (seed 0)
+        from fgmp.golden.models import masked_positions
+        inputs = inputs.masked_fill(masked_positions(setup.lm, setup.eval_sequences)[:windows], setup.lm.mask_token_id)
     handles = [setup.layers[name].register_forward_pre_hook(hook_for(name)) for name in names]
     try:
         with torch.no_grad(), quantized(setup.lm.model, plan):
-            setup.lm.logits(setup.eval_sequences[:windows, :-1])
+            setup.lm.logits(inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -116,7 +120,7 @@ def run_e2e(args, pool, say=print, on_started=lambda: None):
         areas = submit_units(ENERGY_UNITS, lanes=args.energy_lanes, out=out / "energy", pool=pool)
     on_started()
     setup = prepare(args.model, calib_samples=args.calib_samples, eval_samples=args.eval_samples,
-                    progress=not args.quiet)
+                    progress=not args.quiet, task=args.task)
     if args.layer not in setup.layers:
         raise ValueError(f"Layer {args.layer!r} is not a quantized Linear layer of {setup.lm.name}; "
                          f"choose one of {', '.join(list(setup.layers)[:6])}, ...")
@@ -153,7 +157,7 @@ def run_e2e(args, pool, say=print, on_started=lambda: None):
     say(f"\nweight memory: {fgmp_row['bits_per_weight']:.3f} bits per weight vs {FP8_BITS:.3f} all-FP8 "
         f"({memory:+.1f} %); perplexity {100 * (fgmp_row['perplexity'] / rows[0]['perplexity'] - 1):+.2f} % "
         "vs all-FP8")
-    summary = {"model": setup.lm.name, "layer": args.layer, "simulator": args.simulator, "lanes": args.lanes,
+    summary = {"model": setup.lm.name, "task": setup.lm.task, "layer": args.layer, "simulator": args.simulator, "lanes": args.lanes,
                "bench": report, "simulation_seconds": seconds, "perplexity": rows,
                "bits_per_weight": {"fgmp": fgmp_row["bits_per_weight"], "fp8": FP8_BITS},
                "weight_memory_vs_fp8_percent": memory, "energy": None}
@@ -224,7 +228,8 @@ def _markdown(summary):
              f"outputs compared bit for bit, **{bench['mismatches']} mismatches**; {bench['cycles']} cycles for "
              f"{bench['block_pairs']} block pairs; activation blocks in FP8: {bench['activation_fp8_blocks']} of "
              f"{bench['activation_blocks']}.", "",
-             "| policy | perplexity | bits per weight |", "|---|---|---|"]
+             f"| policy | {'masked-token perplexity' if summary.get('task') == 'masked' else 'perplexity'} | "
+             "bits per weight |", "|---|---|---|"]
     lines += [f"| {row['policy']} | {row['perplexity']:.4f} | {row['bits_per_weight']:.3f} |"
               for row in summary["perplexity"]]
     lines += ["", f"Weight memory: {summary['weight_memory_vs_fp8_percent']:+.1f} % vs all-FP8 (the paper: -30 %).", ""]
@@ -259,11 +264,15 @@ def reporting_errors(run):
 
 
 def add_commands(commands):
+    from fgmp.golden.models import TASKS
     from fgmp.jobs import default_jobs
     from fgmp.sim.runner import SIMULATORS
 
     e2e = commands.add_parser("e2e", help="a quantized model's layer through the generated engine, bit for bit")
-    e2e.add_argument("--model", help="a local Hugging Face causal-LM directory (default: the embedded tiny LM)")
+    e2e.add_argument("--model", help="a local Hugging Face causal- or masked-LM directory (default: the embedded "
+                     "tiny LM); its context must hold 256 tokens")
+    e2e.add_argument("--task", choices=TASKS, help="causal: next-token perplexity; masked: seeded masked-token "
+                     "perplexity, the layer's input captured from the masked windows (default: from the config)")
     e2e.add_argument("--layer", default=DEFAULT_LAYER, help=f"the Linear layer to run (default {DEFAULT_LAYER})")
     e2e.add_argument("--fp8-fraction", type=float, default=0.3)
     e2e.add_argument("--tokens", type=int, default=4, help="captured tokens streamed through the engine")
