@@ -301,3 +301,47 @@ def test_quantize_blocks_with_given_scales():
         golden.quantize_blocks(x, torch.tensor(False), block_scales=plain.scales[:, 0])
     with pytest.raises(ValueError, match=r"Block scales must be finite UE4M3 codes \(0x00..0x7E\)"):
         golden.quantize_blocks(x, torch.tensor(False), block_scales=torch.full((2, 2), 0x7F, dtype=torch.uint8))
+
+
+class _Tied(nn.Module):
+    """Two Linear layers sharing one weight, and a third of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(32, 32, bias=False)
+        self.b = nn.Linear(32, 32, bias=False)
+        self.b.weight = self.a.weight
+        self.c = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+@pytest.mark.parametrize("make", [Toy, _Tied])
+def test_fisher_from_backward_hooks_is_the_plain_per_sample_square(make):
+    """The weight Fisher is added as each gradient is ready (and the gradient freed): bit-identical to one
+    backward per sample followed by acc += grad.pow(2), shared weights included (each sharing layer gets
+    the weight's whole gradient)."""
+    import copy
+
+    torch.manual_seed(1)
+    model = make()
+    if make is Toy:
+        samples = [torch.randint(0, 64, (33,)) for _ in range(3)]
+        loss_fn = toy_loss
+    else:
+        samples = [torch.randn(5, 32) for _ in range(3)]
+        loss_fn = lambda m, x: m(x).pow(2).mean()  # noqa: E731
+    layers = select_linear_layers(model)
+    fisher = estimate_fisher(model, samples, loss_fn, layers, progress=False)
+    twin = copy.deepcopy(model)
+    twin_layers = select_linear_layers(twin)
+    expected = {name: torch.zeros_like(layer.weight) for name, layer in twin_layers.items()}
+    for sample in samples:
+        twin.zero_grad(set_to_none=True)
+        loss_fn(twin, sample).backward()
+        for name, layer in twin_layers.items():
+            expected[name] += layer.weight.grad.pow(2)
+    for name in layers:
+        assert torch.equal(fisher[name].weight.view(torch.int32), expected[name].div_(3).view(torch.int32)), name
+    assert all(p.grad is None for p in model.parameters())

@@ -77,6 +77,12 @@ class _Collector:
                            input_amax=float(self.amax), samples=samples, tokens=self.tokens)
 
 
+def _add_and_free(param, collectors):
+    for collector in collectors:
+        collector.add_weight_grad()
+    param.grad = None
+
+
 @contextmanager
 def _only_weights_require_grad(model, layers):
     saved = {p: p.requires_grad for p in model.parameters()}
@@ -108,8 +114,18 @@ def estimate_fisher(model, samples, loss_fn, layers, *, progress=True, observers
     for name, observe in (observers or {}).items():
         collectors[name].observers.append(observe)
     count = 0
+    handles = []
     try:
         with _only_weights_require_grad(model, layers):
+            # Each weight's squared gradient is added as soon as backward has it, and the gradient freed:
+            # only the layers backward is working on hold a gradient, not every layer at once (a 7B layer's
+            # gradients are its weights' size again). One hook per parameter, for all the layers sharing it.
+            shared = {}
+            for collector in collectors.values():
+                shared.setdefault(id(collector.layer.weight), (collector.layer.weight, []))[1].append(collector)
+            for weight, owners in shared.values():
+                handles.append(weight.register_post_accumulate_grad_hook(
+                    lambda param, owners=owners: _add_and_free(param, owners)))
             for sample in tqdm(samples, desc="Fisher", unit="sample", disable=not progress):
                 for layer in layers.values():
                     layer.weight.grad = None
@@ -120,9 +136,11 @@ def estimate_fisher(model, samples, loss_fn, layers, *, progress=True, observers
                     raise ValueError(f"loss_fn returned a non-finite loss ({float(loss.detach())}) on sample {count}")
                 loss.backward()
                 for collector in collectors.values():
-                    collector.add_weight_grad()
+                    collector.add_weight_grad()  # any gradient the hooks did not take (none in practice)
                 count += 1
     finally:
+        for handle in handles:
+            handle.remove()
         results = {name: c.finish(max(count, 1)) for name, c in collectors.items()}
         model.train(was_training)
     if count == 0:
