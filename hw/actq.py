@@ -11,8 +11,10 @@ from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
-__all__ = ["ActivationQuantizer", "check_parameters"]
+__all__ = ["MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_parameters"]
 
+# The deepest pipeline this unit places cuts for (docs/interfaces.md lists them in order).
+MAX_PIPELINE_STAGES = 3
 _BF16_BIAS_AND_MANTISSA = 127 + 7
 _DELTA_BITS = 12
 _WINDOW_BITS = 40
@@ -29,7 +31,7 @@ def check_parameters(*, block_size, max_channels, pipeline_stages):
     check_count("Maximum channels", max_channels, 1)
     if max_channels % block_size:
         raise ValueError(f"Maximum channels ({max_channels}) must be a multiple of the block size ({block_size})")
-    check_pipeline_stages(pipeline_stages)
+    check_pipeline_stages(pipeline_stages, MAX_PIPELINE_STAGES)
 
 
 class ActivationQuantizer(wiring.Component):

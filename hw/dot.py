@@ -11,8 +11,10 @@ from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3, Format
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
-__all__ = ["DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
+__all__ = ["MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
 
+# The deepest pipeline this unit places cuts for (docs/interfaces.md lists them in order).
+MAX_PIPELINE_STAGES = 3
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
 # (docs/hardware.md, with the third path for FP4xFP8 pairs that was measured and dropped).
@@ -119,7 +121,7 @@ class DotUnit(wiring.Component):
         check_count("Lanes", lanes, 1)
         check_count("Block size", block_size, 1)
         check_count("Maximum blocks", max_blocks, 1)
-        check_pipeline_stages(pipeline_stages)
+        check_pipeline_stages(pipeline_stages, MAX_PIPELINE_STAGES)
         _check_formats(formats)
         _check_datapath(datapath, formats)
         self._lanes = lanes

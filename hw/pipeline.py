@@ -2,9 +2,7 @@
 
 from amaranth import ResetSignal, Signal
 
-__all__ = ["check_count", "check_pipeline_stages", "MAX_PIPELINE_STAGES", "StallPipeline"]
-
-MAX_PIPELINE_STAGES = 3
+__all__ = ["check_count", "check_pipeline_stages", "StallPipeline"]
 
 
 def check_count(name, value, minimum):
@@ -14,11 +12,12 @@ def check_count(name, value, minimum):
         raise ValueError(f"{name} must be at least {minimum}, not {value}")
 
 
-def check_pipeline_stages(value):
+def check_pipeline_stages(value, maximum):
+    """Each unit places its own cuts, so each has its own deepest pipeline."""
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"Pipeline stages must be an integer, not {value!r}")
-    if not 0 <= value <= MAX_PIPELINE_STAGES:
-        raise ValueError(f"Pipeline stages must be between 0 and {MAX_PIPELINE_STAGES}, not {value}")
+    if not 0 <= value <= maximum:
+        raise ValueError(f"Pipeline stages must be between 0 and {maximum}, not {value}")
 
 
 class StallPipeline:
