@@ -11,10 +11,13 @@ from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3, Format
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
-__all__ = ["MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
+__all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
 
-# The deepest pipeline this unit places cuts for (docs/interfaces.md lists them in order).
-MAX_PIPELINE_STAGES = 3
+# Where the register cuts go, in the order a deeper pipeline adds them (docs/interfaces.md): depth P takes
+# the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
+CUTS = ("tree", "products", "term", "convert_lod", "accumulate", "convert_shift", "term_multiply", "tree_mid",
+        "decode", "convert_magnitude", "element_multiply")
+MAX_PIPELINE_STAGES = len(CUTS)
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
 # (docs/hardware.md, with the third path for FP4xFP8 pairs that was measured and dropped).
@@ -104,12 +107,13 @@ class DotUnit(wiring.Component):
 
     Parameters (keyword-only): ``lanes`` >= 1; ``block_size`` >= 1 (default 16); ``max_blocks``, the
     longest reduction in blocks that stays exact (sets the accumulator width; longer ones raise the
-    ``overflow`` flag); ``pipeline_stages`` in 0..3, extra register cuts (after the adder tree, after the
-    element products, after the scale multiply, in that order); ``formats``, a tuple of 'nvfp4' and/or
+    ``overflow`` flag); ``pipeline_stages`` in 0..MAX_PIPELINE_STAGES, the number of register cuts, placed
+    in the order of CUTS (after the adder tree, after the element products, after the scale multiply, then
+    into the FP32 conversion, the accumulator, ...); ``formats``, a tuple of 'nvfp4' and/or
     'fp8' (FGMP, FP8-only or FP4-only units); ``datapath`` (FGMP units): 'shared' runs every pairing on
     one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own. The split datapath
     registers each path's operands and loads them only in the cycles the path is used, so an idle path
-    holds still; that register adds one cycle of latency.
+    holds still; that register is the decode cut, and adds one cycle of latency at depths without it.
 
     Ports: ``i`` (In stream of ``{activation, weights[lanes], first, last}``), ``o`` (Out stream of
     ``{results[lanes] (FP32 bits), overflow}``, one transfer per reduction). A block with ``first`` set,
@@ -201,10 +205,17 @@ class DotUnit(wiring.Component):
         return self._paths[0].term_bits(self._block_size) + _ceil_log2(self._max_blocks)
 
     @property
+    def cuts(self):
+        """The names of the register cuts this depth places (the first ``pipeline_stages`` of CUTS)."""
+        return CUTS[:self._pipeline_stages]
+
+    @property
     def latency(self):
         """Cycles from the edge that takes a reduction's last block to the earliest edge that can
-        transfer its result (``o.valid`` rises one cycle before)."""
-        return self._pipeline_stages + 2 + (self._datapath != "shared")
+        transfer its result (``o.valid`` rises one cycle before): the final and output registers, one
+        per cut, and the split datapath's operand registers unless they stand in for the decode cut."""
+        split_registers = self._datapath != "shared" and "decode" not in self.cuts
+        return 2 + self._pipeline_stages + split_registers
 
     def _decode_element(self, m, name, code, fp8):
         """({format: (sign, significand, exponent)}, NaN flag) of one element. The widest path's format
@@ -248,54 +259,11 @@ class DotUnit(wiring.Component):
         return block.fp8 if len(self._formats) == 2 else Const(self._formats == ("fp8",))
 
     @staticmethod
-    def _tree_sum(m, values, width, name):
-        """Balanced adder tree: log2(n) adder levels instead of a chain of n."""
-        level = 0
-        while len(values) > 1:
-            paired = []
-            for k in range(0, len(values) - 1, 2):
-                total = Signal(signed(width), name=f"{name}_l{level}_{k // 2}")
-                m.d.comb += total.eq(values[k] + values[k + 1])
-                paired.append(total)
-            if len(values) % 2:
-                paired.append(values[-1])
-            values = paired
-            level += 1
-        return values[0]
-
-    def _to_fp32(self, m, value, name):
-        """RNE to FP32 of value * 2**accumulator_lsb_exponent (numerics §8.2); always normal or zero."""
-        width = self.accumulator_width
-        magnitude = Signal(width, name=f"{name}_mag")
-        m.d.comb += magnitude.eq(Mux(value < 0, -value, value))
-        msb = leading_one(m, magnitude, name)
-        # Left-align so the leading one sits at the top bit; pad so guard and sticky always exist.
-        padded_width = max(width, 25)
-        shift = Signal(range(padded_width), name=f"{name}_shift")
-        m.d.comb += shift.eq(padded_width - 1 - msb)
-        aligned = Signal(padded_width, name=f"{name}_aligned")
-        m.d.comb += aligned.eq(magnitude << shift)
-        mantissa = aligned[padded_width - 24 : padded_width - 1]
-        guard = aligned[padded_width - 25]
-        sticky = aligned[: padded_width - 25].any()
-        round_up = guard & (sticky | mantissa[0])
-        rounded = Signal(24, name=f"{name}_rounded")  # carry out of the 23 mantissa bits lands in bit 23
-        m.d.comb += rounded.eq(mantissa + round_up)
-        exponent = Signal(8, name=f"{name}_exp")
-        m.d.comb += exponent.eq(msb + (127 + self.accumulator_lsb_exponent) + rounded[23])
-        bits = Signal(32, name=f"{name}_bits")
-        with m.If(magnitude == 0):
-            m.d.comb += bits.eq(0)
-        with m.Else():
-            m.d.comb += bits.eq(Cat(rounded[:23], exponent, value < 0))
-        return bits
-
-    @staticmethod
     def _operands(path, x_elements, w_elements):
         """[(activation element, weight element)] in ``path``'s operand formats, one pair per position."""
         return [x_forms[path.a] + w_forms[path.b] for x_forms, w_forms in zip(x_elements, w_elements)]
 
-    def _hold_operands(self, m, enable, load, lane, path, operands, scale):
+    def _hold_operands(self, m, load, lane, path, operands, scale):
         """The path's operand registers: loaded only when ``load`` (the lane's pair runs on this path),
         held otherwise, so the path's logic sees no new values in the cycles it is not used."""
         held = []
@@ -307,36 +275,27 @@ class DotUnit(wiring.Component):
                 # alignment does not move when the path first runs.
                 register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}", init=role.endswith("exp"),
                                   reset_less=True)
-                with m.If(enable & load):
+                with m.If(load):
                     m.d.sync += register.eq(value)
                 registers.append(register)
             held.append(tuple(registers))
         scale_registers = []
         for role, value in zip(("ssig", "sshift"), scale):
             register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}", reset_less=True)
-            with m.If(enable & load):
+            with m.If(load):
                 m.d.sync += register.eq(value)
             scale_registers.append(register)
         return held, tuple(scale_registers)
 
-    def elaborate(self, platform):
-        m = Module()
-        pipeline = StallPipeline(m, self.i, self.o)
-        enable, cut = pipeline.enable, pipeline.cut
-        paths = self._paths
-        split = self._datapath != "shared"
-
-        cuts = {"tree": self._pipeline_stages >= 1, "products": self._pipeline_stages >= 2,
-                "term": self._pipeline_stages >= 3}
+    def _decode(self, m):
+        """Stage 0: the activation block decoded once, each lane's weight block, scale product, NaN flag and
+        the path its pair runs on."""
         payload = self.i.payload
         activation_fp8 = self._fp8_bit(payload.activation)
         x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8)
                      for i in range(self._block_size)]
-        x_elements = [forms for forms, _ in x_decoded]
         x_scale = self._decode_scale(m, "x_scale", payload.activation.scale)
         x_nan = Cat(nan for _, nan in x_decoded).any() | x_scale.nan
-
-        # Per lane: the decoded weight block, the scale product, the NaN flag and the path of the pair.
         lanes = []
         for lane in range(self._lanes):
             weights = payload.weights[lane]
@@ -352,129 +311,259 @@ class DotUnit(wiring.Component):
                          nan.eq(Cat(x_nan, *(n for _, n in w_decoded)).any() | w_scale.nan)]
             # One select per path after the widest (the FP4 x FP4 one); none set: the widest path.
             selects = []
-            if split:
+            if self._datapath != "shared":
                 narrow = Signal(name=f"sel{lane}_fp4")
                 m.d.comb += narrow.eq(~activation_fp8 & ~weight_fp8)
                 selects.append(narrow)
-            operands = {path: self._operands(path, x_elements, [f for f, _ in w_decoded]) for path in paths}
-            lanes.append((operands, (scale_significand, scale_shift), nan, selects))
+            lanes.append({"w": [forms for forms, _ in w_decoded], "scale": (scale_significand, scale_shift),
+                          "nan": nan, "selects": selects})
+        return {"x": [forms for forms, _ in x_decoded], "lanes": lanes,
+                "first": payload.first, "last": payload.last}
 
-        valid, first, last = self.i.valid, payload.first, payload.last
-        if split:
-            # The split datapath's operand registers: a path loads only in the cycles it runs a pair.
-            held = []
-            for lane, (operands, scale, nan, selects) in enumerate(lanes):
-                wide_load = ~Cat(*selects).any()
-                loads = [wide_load, *selects]
-                held.append(({path: self._hold_operands(m, enable, self.i.valid & load, lane, path,
-                                                        operands[path], scale)
-                              for path, load in zip(paths, loads)}, nan, selects))
-            control = [s for _, nan, selects in held for s in (nan, *selects)]
-            valid, registered = cut(valid, control + [first, last], True)
-            first, last = registered[-2:]
-            per_lane = 1 + len(paths) - 1
-            lanes = [(held[lane][0], registered[lane * per_lane], registered[lane * per_lane + 1:(lane + 1) * per_lane])
-                     for lane in range(self._lanes)]
-        else:
-            lanes = [({paths[0]: (operands[paths[0]], scale)}, nan, selects)
-                     for operands, scale, nan, selects in lanes]
+    def _split_operands(self, m, enable, valid, decoded):
+        """The split datapath's operand registers, which also make the decode cut: a path loads only in
+        the cycles it runs a pair; the control travels in an ordinary pipeline register beside them."""
+        lanes = []
+        for lane, state in enumerate(decoded["lanes"]):
+            loads = [~Cat(*state["selects"]).any(), *state["selects"]]
+            lanes.append({path.prefix: self._hold_operands(m, enable & valid & load, lane, path,
+                                                    self._operands(path, decoded["x"], state["w"]), state["scale"])
+                          for path, load in zip(self._paths, loads)})
+        control = {"lanes": [{"nan": s["nan"], "selects": s["selects"]} for s in decoded["lanes"]],
+                   "first": decoded["first"], "last": decoded["last"]}
+        return lanes, control
 
-        # Element products, per lane and path.
-        stage1 = []
-        for lane, (by_path, nan, selects) in enumerate(lanes):
-            for path in paths:
-                operands, (scale_significand, scale_shift) = by_path[path]
+    def _products(self, m, stage, valid, lanes, control):
+        """Element products of every lane and path: significand product, alignment shift, sign."""
+        multiplied = []
+        for lane, by_path in enumerate(lanes):
+            per_path = {}
+            for path in self._paths:
+                operands, scale = by_path[path.prefix]
+                elements = []
                 for i, (xs, xsig, xexp, ws, wsig, wexp) in enumerate(operands):  # (a, b): activation, weight
-                    product = Signal(signed(path.product_bits + 1), name=f"{path.prefix}p{lane}_{i}")
+                    significand = Signal(len(wsig) + len(xsig), name=f"{path.prefix}m{lane}_{i}")
                     shift = Signal(range(path.max_shift + 1), name=f"{path.prefix}p{lane}_{i}_shift")
-                    m.d.comb += shift.eq(wexp + xexp - 2)
-                    magnitude = (wsig * xsig) << shift
-                    m.d.comb += product.eq(Mux(ws ^ xs, -magnitude, magnitude))
-                    stage1.append(product)
-                stage1 += [scale_significand, scale_shift]
-            stage1 += [nan, *selects]
-        valid, flat = cut(valid, stage1 + [first, last], cuts["products"])
-        first, last = flat[-2:]
+                    sign = Signal(name=f"{path.prefix}p{lane}_{i}_sign")
+                    m.d.comb += [significand.eq(wsig * xsig), shift.eq(wexp + xexp - 2), sign.eq(ws ^ xs)]
+                    elements.append((significand, shift, sign))
+                per_path[path.prefix] = (elements, scale)
+            multiplied.append(per_path)
+        valid, (multiplied, control) = stage("element_multiply", valid, (multiplied, control))
+        aligned = []
+        for lane, per_path in enumerate(multiplied):
+            by_path = {}
+            for path in self._paths:
+                elements, scale = per_path[path.prefix]
+                products = []
+                for i, (significand, shift, sign) in enumerate(elements):
+                    product = Signal(signed(path.product_bits + 1), name=f"{path.prefix}p{lane}_{i}")
+                    magnitude = significand << shift
+                    m.d.comb += product.eq(Mux(sign, -magnitude, magnitude))
+                    products.append(product)
+                by_path[path.prefix] = (products, scale)
+            aligned.append(by_path)
+        return valid, aligned, control
 
-        # Adder trees, per lane and path.
-        stage2, at = [], 0
-        for lane in range(self._lanes):
-            for path in paths:
-                products = flat[at:at + self._block_size]
-                sig, shift = flat[at + self._block_size:at + self._block_size + 2]
-                at += self._block_size + 2
-                width = path.block_sum_bits(self._block_size) + 1
-                block_sum = self._tree_sum(m, products, width, f"{path.prefix}t{lane}")
-                total = Signal(signed(width), name=f"{path.prefix}sum{lane}")
-                m.d.comb += total.eq(block_sum)
-                stage2 += [total, sig, shift]
-            stage2 += flat[at:at + len(paths)]  # nan, selects
-            at += len(paths)
-        valid, flat = cut(valid, stage2 + [first, last], cuts["tree"])
-        first, last = flat[-2:]
+    def _tree(self, m, stage, valid, lanes, control):
+        """Balanced adder trees, log2(B) levels, per lane and path; the ``tree_mid`` cut halves them."""
+        levels = _ceil_log2(self._block_size)
+        values = [{prefix: list(products) for prefix, (products, _) in by_path.items()} for by_path in lanes]
+        middle = levels // 2
 
-        # Block terms (block sum x scale product), per lane and path.
-        stage3, at = [], 0
-        for lane in range(self._lanes):
-            for path in paths:
-                total, sig, shift = flat[at:at + 3]
-                at += 3
-                term = Signal(signed(path.term_bits(self._block_size)), name=f"{path.prefix}term{lane}")
+        def cut_middle(valid, values, lanes, control):
+            scales = [{prefix: scale for prefix, (_, scale) in by_path.items()} for by_path in lanes]
+            valid, (values, scales, control) = stage("tree_mid", valid, (values, scales, control))
+            return valid, values, [{prefix: (None, scale) for prefix, scale in by_path.items()} for by_path in scales], control
+
+        for level in range(levels):
+            if level == middle:
+                valid, values, lanes, control = cut_middle(valid, values, lanes, control)
+            for lane, by_path in enumerate(values):
+                for path in self._paths:
+                    width = path.block_sum_bits(self._block_size) + 1
+                    terms = by_path[path.prefix]
+                    paired = []
+                    for k in range(0, len(terms) - 1, 2):
+                        total = Signal(signed(width), name=f"{path.prefix}t{lane}_l{level}_{k // 2}")
+                        m.d.comb += total.eq(terms[k] + terms[k + 1])
+                        paired.append(total)
+                    if len(terms) % 2:
+                        paired.append(terms[-1])
+                    by_path[path.prefix] = paired
+        if middle == levels:  # B = 1: no adder, the cut still takes its cycle
+            valid, values, lanes, control = cut_middle(valid, values, lanes, control)
+        return valid, [{prefix: (sums[0], lanes[lane][prefix][1]) for prefix, sums in by_path.items()}
+                       for lane, by_path in enumerate(values)], control
+
+    def _terms(self, m, stage, valid, lanes, control):
+        """Block terms, block sum x scale significand product << scale shift, per lane and path."""
+        multiplied = []
+        for lane, by_path in enumerate(lanes):
+            per_path = {}
+            for path in self._paths:
+                total, (significand, shift) = by_path[path.prefix]
+                product = Signal(signed(len(total) + _SCALE_SIGNIFICAND_BITS), name=f"{path.prefix}sp{lane}")
                 # Mixed signedness: Amaranth zero-extends the unsigned significand product before multiplying.
-                m.d.comb += term.eq((total * sig) << shift)
-                stage3.append(term)
-            stage3 += flat[at:at + len(paths)]
-            at += len(paths)
-        valid, flat = cut(valid, stage3 + [first, last], cuts["term"])
-        first, last = flat[-2:]
+                m.d.comb += product.eq(total * significand)
+                per_path[path.prefix] = (product, shift)
+            multiplied.append(per_path)
+        valid, (multiplied, control) = stage("term_multiply", valid, (multiplied, control))
+        terms = []
+        for lane, per_path in enumerate(multiplied):
+            by_path = {}
+            for path in self._paths:
+                product, shift = per_path[path.prefix]
+                term = Signal(signed(path.term_bits(self._block_size)), name=f"{path.prefix}term{lane}")
+                m.d.comb += term.eq(product << shift)
+                by_path[path.prefix] = term
+            terms.append(by_path)
+        return valid, terms, control
 
-        # Accumulate; a reduction's exact sum moves to the final register on its last block. A block
-        # after a ``last`` starts a new reduction even without ``first``, so a missing marker cannot
-        # fold one reduction into the next.
+    def _accumulate(self, m, stage, enable, valid, state):
+        """The exact accumulators, each a low and a high half: the ``accumulate`` cut registers the carry
+        between them, so no carry chain is longer than about half the accumulator. A reduction's sum
+        moves to the final register on its last block. A block after a ``last`` starts a new reduction
+        even without ``first``, so a missing marker cannot fold one reduction into the next."""
+        width = self.accumulator_width
+        low_bits = width // 2
         in_reduction = Signal()
         start = Signal()
-        m.d.comb += start.eq(first | ~in_reduction)
+        m.d.comb += start.eq(state["first"] | ~in_reduction)
         count = Signal(range(self._max_blocks + 2))
         count_next = Signal.like(count)
         m.d.comb += count_next.eq(Mux(start, 1, Mux(count > self._max_blocks, count, count + 1)))
-        final_valid = Signal()
-        final_overflow = Signal()
-        finals = []
-        per_lane = 2 * len(paths)
-        for lane in range(self._lanes):
-            terms = flat[lane * per_lane:lane * per_lane + len(paths)]
-            nan, *selects = flat[lane * per_lane + len(paths):(lane + 1) * per_lane]
-            accumulator = Signal(signed(self.accumulator_width), name=f"acc{lane}")
-            term = terms[0]
-            if split:  # the pair's path, its term moved up to the accumulator's LSB
-                term = Signal(signed(self.accumulator_width), name=f"acc{lane}_term")
-                chosen = terms[0]
-                for path, path_term, select in zip(paths[1:], terms[1:], selects):
-                    chosen = Mux(select, path_term << (path.lsb_exponent - paths[0].lsb_exponent), chosen)
-                m.d.comb += term.eq(chosen)
+        with m.If(enable & valid):
+            m.d.sync += [count.eq(count_next), in_reduction.eq(~state["last"])]
+
+        halves = []
+        low_registers = []
+        for lane, (terms, control) in enumerate(zip(state["terms"], state["lanes"])):
+            # The pair's path, its term moved up to the accumulator's LSB and sign-extended to its width.
+            chosen = terms[self._paths[0].prefix]
+            for path, select in zip(self._paths[1:], control["selects"]):
+                chosen = Mux(select, terms[path.prefix] << (path.lsb_exponent - self._paths[0].lsb_exponent), chosen)
+            term = Signal(signed(width), name=f"acc{lane}_term")
+            m.d.comb += term.eq(chosen)
+            low = Signal(low_bits, name=f"acc{lane}_lo")
+            low_sum = Signal(low_bits + 1, name=f"acc{lane}_lo_next")
             accumulator_nan = Signal(name=f"acc{lane}_nan")
-            summed = Signal.like(accumulator, name=f"acc{lane}_next")
             summed_nan = Signal(name=f"acc{lane}_next_nan")
-            m.d.comb += [summed.eq(Mux(start, 0, accumulator) + term),
-                         summed_nan.eq(Mux(start, 0, accumulator_nan) | nan)]
-            final = Signal.like(accumulator, name=f"final{lane}")
+            m.d.comb += [low_sum.eq(Mux(start, 0, low) + term.as_unsigned()[:low_bits]),
+                         summed_nan.eq(Mux(start, 0, accumulator_nan) | control["nan"])]
+            with m.If(enable & valid):
+                m.d.sync += [low.eq(low_sum[:low_bits]), accumulator_nan.eq(summed_nan)]
+            high_term = Signal(signed(width - low_bits), name=f"acc{lane}_hi_term")
+            m.d.comb += high_term.eq(term[low_bits:])
+            low_registers.append(low)
+            halves.append({"low": low_sum[:low_bits], "carry": low_sum[low_bits], "high": high_term,
+                           "nan": summed_nan})
+        overflow = Signal()
+        m.d.comb += overflow.eq(count_next > self._max_blocks)
+        cut = "accumulate" in self.cuts
+        valid, carried = stage("accumulate", valid, {"lanes": halves, "start": start, "last": state["last"],
+                                                     "overflow": overflow})
+
+        final_valid, final_overflow = Signal(), Signal()
+        finals = []
+        for lane, half in enumerate(carried["lanes"]):
+            high = Signal(signed(width - low_bits), name=f"acc{lane}_hi")
+            high_sum = Signal.like(high, name=f"acc{lane}_hi_next")
+            m.d.comb += high_sum.eq(Mux(carried["start"], 0, high) + half["high"] + half["carry"])
+            # Registered halves: the low register already holds this block's low sum, and is written
+            # with the next block's only on this same edge.
+            low = low_registers[lane] if cut else half["low"]
+            final = Signal(signed(width), name=f"final{lane}")
             final_nan = Signal(name=f"final{lane}_nan")
             with m.If(enable & valid):
-                m.d.sync += [accumulator.eq(summed), accumulator_nan.eq(summed_nan)]
-                with m.If(last):
-                    m.d.sync += [final.eq(summed), final_nan.eq(summed_nan)]
-            finals.append((final, final_nan))
+                m.d.sync += high.eq(high_sum)
+                with m.If(carried["last"]):
+                    m.d.sync += [final.eq(Cat(low, high_sum)), final_nan.eq(half["nan"])]
+            finals.append({"sum": final, "nan": final_nan})
         with m.If(enable):
-            m.d.sync += final_valid.eq(valid & last)
-            with m.If(valid):
-                m.d.sync += [count.eq(count_next), in_reduction.eq(~last)]
-                with m.If(last):
-                    m.d.sync += final_overflow.eq(count_next > self._max_blocks)
+            m.d.sync += final_valid.eq(valid & carried["last"])
+            with m.If(valid & carried["last"]):
+                m.d.sync += final_overflow.eq(carried["overflow"])
+        return final_valid, {"lanes": finals, "overflow": final_overflow}
+
+    def _to_fp32(self, m, stage, valid, state):
+        """RNE to FP32 of each sum x 2**accumulator_lsb_exponent (numerics §8.2), always normal or zero:
+        magnitude, leading-one detection, normalising shift and rounding, with a cut possible after each."""
+        width = self.accumulator_width
+        padded_width = max(width, 25)  # so guard and sticky always exist
+        magnitudes = []
+        for lane, final in enumerate(state["lanes"]):
+            magnitude = Signal(width, name=f"fp32_{lane}_mag")
+            m.d.comb += magnitude.eq(Mux(final["sum"] < 0, -final["sum"], final["sum"]))
+            magnitudes.append({"magnitude": magnitude, "negative": final["sum"][-1], "nan": final["nan"]})
+        valid, (magnitudes, overflow) = stage("convert_magnitude", valid, (magnitudes, state["overflow"]))
+
+        located = []
+        for lane, lane_state in enumerate(magnitudes):
+            msb = leading_one(m, lane_state["magnitude"], f"fp32_{lane}")
+            nonzero = Signal(name=f"fp32_{lane}_nonzero")
+            m.d.comb += nonzero.eq(lane_state["magnitude"].any())
+            located.append({**lane_state, "msb": msb, "nonzero": nonzero})
+        valid, (located, overflow) = stage("convert_lod", valid, (located, overflow))
+
+        normalised = []
+        for lane, lane_state in enumerate(located):
+            shift = Signal(range(padded_width), name=f"fp32_{lane}_shift")
+            m.d.comb += shift.eq(padded_width - 1 - lane_state["msb"])
+            aligned = Signal(padded_width, name=f"fp32_{lane}_aligned")
+            m.d.comb += aligned.eq(lane_state["magnitude"] << shift)
+            normalised.append({"aligned": aligned, "msb": lane_state["msb"], "negative": lane_state["negative"],
+                               "nonzero": lane_state["nonzero"], "nan": lane_state["nan"]})
+        valid, (normalised, overflow) = stage("convert_shift", valid, (normalised, overflow))
+
+        results = []
+        for lane, lane_state in enumerate(normalised):
+            aligned = lane_state["aligned"]
+            mantissa = aligned[padded_width - 24 : padded_width - 1]
+            guard = aligned[padded_width - 25]
+            sticky = aligned[: padded_width - 25].any()
+            round_up = guard & (sticky | mantissa[0])
+            rounded = Signal(24, name=f"fp32_{lane}_rounded")  # a carry out of the 23 mantissa bits lands in bit 23
+            m.d.comb += rounded.eq(mantissa + round_up)
+            exponent = Signal(8, name=f"fp32_{lane}_exp")
+            m.d.comb += exponent.eq(lane_state["msb"] + (127 + self.accumulator_lsb_exponent) + rounded[23])
+            bits = Signal(32, name=f"fp32_{lane}_bits")
+            m.d.comb += bits.eq(Mux(lane_state["nan"], _CANONICAL_NAN,
+                                    Mux(lane_state["nonzero"], Cat(rounded[:23], exponent, lane_state["negative"]), 0)))
+            results.append(bits)
+        return valid, results, overflow
+
+    def elaborate(self, platform):
+        m = Module()
+        pipeline = StallPipeline(m, self.i, self.o)
+        enable = pipeline.enable
+
+        def stage(name, valid, values):
+            return pipeline.stage(valid, values, name in self.cuts)
+
+        decoded = self._decode(m)
+        valid = self.i.valid
+        if self._datapath != "shared":
+            lanes, control = self._split_operands(m, enable, valid, decoded)
+            valid, control = pipeline.stage(valid, control, True)
+        else:
+            valid, decoded = stage("decode", valid, decoded)
+            wide = self._paths[0]
+            lanes = [{wide.prefix: (self._operands(wide, decoded["x"], lane["w"]), lane["scale"])}
+                     for lane in decoded["lanes"]]
+            control = {"lanes": [{"nan": s["nan"], "selects": s["selects"]} for s in decoded["lanes"]],
+                       "first": decoded["first"], "last": decoded["last"]}
+
+        valid, products, control = self._products(m, stage, valid, lanes, control)
+        valid, (products, control) = stage("products", valid, (products, control))
+        valid, sums, control = self._tree(m, stage, valid, products, control)
+        valid, (sums, control) = stage("tree", valid, (sums, control))
+        valid, terms, control = self._terms(m, stage, valid, sums, control)
+        valid, (terms, control) = stage("term", valid, (terms, control))
+        valid, finals = self._accumulate(m, stage, enable, valid, {**control, "terms": terms})
+        valid, results, overflow = self._to_fp32(m, stage, valid, finals)
 
         with m.If(enable):
-            m.d.sync += self.o.valid.eq(final_valid)
-            m.d.sync += self.o.payload.overflow.eq(final_overflow)
-            for lane, (final, final_nan) in enumerate(finals):
-                bits = self._to_fp32(m, final, f"fp32_{lane}")
-                m.d.sync += self.o.payload.results[lane].eq(Mux(final_nan, _CANONICAL_NAN, bits))
+            m.d.sync += [self.o.valid.eq(valid), self.o.payload.overflow.eq(overflow)]
+            m.d.sync += [self.o.payload.results[lane].eq(bits) for lane, bits in enumerate(results)]
         return m

@@ -49,3 +49,31 @@ class StallPipeline:
             m.d.sync += registered_valid.eq(valid)
             m.d.sync += [r.eq(s) for r, s in zip(registered, named)]
         return registered_valid, registered
+
+    def stage(self, valid, values, register):
+        """``cut`` for a nested structure of dicts, lists and tuples of values; returns the same structure,
+        registered or not, so a stage's code can name what it hands on."""
+        leaves = []
+
+        def collect(node):
+            if isinstance(node, dict):
+                for value in node.values():
+                    collect(value)
+            elif isinstance(node, (list, tuple)):
+                for value in node:
+                    collect(value)
+            else:
+                leaves.append(node)
+
+        collect(values)
+        valid, registered = self.cut(valid, leaves, register)
+        taken = iter(registered)
+
+        def rebuild(node):
+            if isinstance(node, dict):
+                return {key: rebuild(value) for key, value in node.items()}
+            if isinstance(node, (list, tuple)):
+                return type(node)(rebuild(value) for value in node)
+            return next(taken)
+
+        return valid, rebuild(values)

@@ -1,21 +1,23 @@
 """cocotb benches of the generated dot unit on Icarus and on Verilator (no skips: a missing simulator is a
 failure). One build per configuration runs every suite it lists: the exhaustive element code pairs at
 full rate (also checking II = 1 and the latency) and random reductions under idle cycles and
-back-pressure. Configurations cover L = 1, 4 and 8, every pipeline depth, the three format variants and
-the split datapath; each simulator runs the exhaustive FGMP, FP4-only and split suites. To stay inside
+back-pressure. Configurations cover L = 1, 4 and 8, pipeline depths 0..3 and the deepest (amaranth.sim
+runs every depth in tests/test_dot_rtl.py), the three format variants and the split datapath; each simulator runs the exhaustive FGMP, FP4-only and split suites. To stay inside
 CI's time, each 8-lane unit runs on one simulator (the exhaustive suite takes Icarus 85 s at L = 8;
 `python bench/dot_sim_speed.py --lanes 8 --exhaustive` runs it on both) and the FP8-only unit on Icarus
 only."""
 
 import pytest
 
+from fgmp.hw.dot import MAX_PIPELINE_STAGES
 from fgmp.sim.dot import run_dot_bench
 from fgmp.sim.runner import SIMULATORS
 
 CONFIGURATIONS = {
     "fgmp_l8_p1": ({"lanes": 8, "pipeline_stages": 1}, ("exhaustive", "random"), ("verilator",)),
-    "fgmp_l1_p3": ({"lanes": 1, "pipeline_stages": 3}, ("exhaustive", "random"), ("icarus",)),
-    "fgmp_l1_p3_random": ({"lanes": 1, "pipeline_stages": 3}, ("random",), ("verilator",)),
+    # The deepest pipeline (every cut of hw/dot.py's CUTS), exhaustive on one simulator, random on both.
+    "fgmp_l1_deepest": ({"lanes": 1, "pipeline_stages": MAX_PIPELINE_STAGES}, ("exhaustive", "random"), ("icarus",)),
+    "fgmp_l1_deepest_random": ({"lanes": 1, "pipeline_stages": MAX_PIPELINE_STAGES}, ("random",), ("verilator",)),
     "fp8_l4_p0": ({"lanes": 4, "pipeline_stages": 0, "formats": ("fp8",)}, ("random",), ("icarus",)),
     "nvfp4_l4_p2": ({"lanes": 4, "pipeline_stages": 2, "formats": ("nvfp4",)}, ("exhaustive", "random"),
                     SIMULATORS),

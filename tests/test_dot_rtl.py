@@ -7,6 +7,7 @@ import torch
 
 from fgmp import golden
 from fgmp.hw import DotUnit
+from fgmp.hw.dot import CUTS, MAX_PIPELINE_STAGES
 from amaranth import ClockDomain, Module
 from amaranth.sim import Simulator
 
@@ -29,7 +30,10 @@ def _uniform(lanes, n, code, scale, fp8=True):
     return _bt([[[code] * B] * n] * lanes, [[scale] * n] * lanes, [[fp8] * n] * lanes)
 
 
-@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+DEPTHS = list(range(MAX_PIPELINE_STAGES + 1))
+
+
+@pytest.mark.parametrize("pipeline_stages", DEPTHS)
 def test_fgmp_unit_matches_golden_under_stalls(pipeline_stages):
     unit = DotUnit(lanes=4, pipeline_stages=pipeline_stages, max_blocks=64)
     reductions = random_reductions(lanes=4, formats=unit.formats, block_size=B, count=50, max_blocks=20,
@@ -39,7 +43,7 @@ def test_fgmp_unit_matches_golden_under_stalls(pipeline_stages):
     assert len(results) == 50 and not any(overflows)
 
 
-@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+@pytest.mark.parametrize("pipeline_stages", DEPTHS)
 def test_split_datapath_matches_golden_under_stalls(pipeline_stages):
     """FP4xFP4 pairs on the narrow path, the others on the wide one, switching from block to block and
     lane to lane."""
@@ -60,9 +64,10 @@ def test_split_datapath_every_fp4_code_against_every_fp4_and_fp8_activation():
     assert results == expected_results(subset)
 
 
+@pytest.mark.parametrize("pipeline_stages", [1, MAX_PIPELINE_STAGES])
 @pytest.mark.parametrize("formats,lanes", [(("fp8",), 3), (("nvfp4",), 3), (("nvfp4", "fp8"), 1)])
-def test_variants_match_golden_under_stalls(formats, lanes):
-    unit = DotUnit(lanes=lanes, formats=formats, pipeline_stages=1, max_blocks=32)
+def test_variants_match_golden_under_stalls(formats, lanes, pipeline_stages):
+    unit = DotUnit(lanes=lanes, formats=formats, pipeline_stages=pipeline_stages, max_blocks=32)
     reductions = random_reductions(lanes=lanes, formats=formats, block_size=B, count=50, max_blocks=16, seed=9)
     results, overflows, _, _ = rtl_dot(unit, reductions, idle=0.2, backpressure=0.2, seed=4)
     assert results == expected_results(reductions)
@@ -86,18 +91,19 @@ def test_mixed_pairings_every_fp4_code_against_every_fp4_and_fp8_activation():
     assert results == expected_results(subset)
 
 
-@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+@pytest.mark.parametrize("pipeline_stages", DEPTHS)
 @pytest.mark.parametrize("datapath", ["shared", "split"])
 def test_full_rate_throughput_and_latency(pipeline_stages, datapath):
     """Without idle or back-pressure the unit takes a block pair on every cycle (II = 1), and a result
-    appears ``latency`` cycles after its last block; the split datapath's operand registers add one."""
+    appears ``latency`` cycles after its last block: two registers and one per cut; the split datapath's
+    operand registers add one until the depth includes the decode cut, which they then stand in for."""
     unit = DotUnit(lanes=2, pipeline_stages=pipeline_stages, datapath=datapath)
     reductions = random_reductions(lanes=2, formats=unit.formats, block_size=B, count=20, max_blocks=6, seed=1)
     results, _, accepted, delivered = rtl_dot(unit, reductions)
     assert results == expected_results(reductions)
     total = sum(r.blocks for r in reductions)
     assert accepted == list(range(accepted[0], accepted[0] + total))
-    assert unit.latency == pipeline_stages + 2 + (datapath == "split")
+    assert unit.latency == pipeline_stages + 2 + (datapath == "split" and pipeline_stages <= CUTS.index("decode"))
     last_blocks = [accepted[sum(r.blocks for r in reductions[:k + 1]) - 1] for k in range(len(reductions))]
     assert [d - a for d, a in zip(delivered, last_blocks)] == [unit.latency] * len(reductions)
 
@@ -181,7 +187,7 @@ def test_properties_are_read_only():
     ({"lanes": 1, "block_size": 0}, ValueError, "Block size must be at least 1, not 0"),
     ({"lanes": 1, "max_blocks": 0}, ValueError, "Maximum blocks must be at least 1, not 0"),
     ({"lanes": 1, "max_blocks": "8"}, TypeError, "Maximum blocks must be an integer, not '8'"),
-    ({"lanes": 1, "pipeline_stages": 4}, ValueError, "Pipeline stages must be between 0 and 3, not 4"),
+    ({"lanes": 1, "pipeline_stages": 12}, ValueError, "Pipeline stages must be between 0 and 11, not 12"),
     ({"lanes": 1, "pipeline_stages": None}, TypeError, "Pipeline stages must be an integer, not None"),
     ({"lanes": 1, "formats": ["fp8"]}, TypeError, "Formats must be a tuple of format names, not ['fp8']"),
     ({"lanes": 1, "formats": ()}, ValueError, "Formats must name at least one of 'nvfp4', 'fp8'"),
