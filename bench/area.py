@@ -1,16 +1,25 @@
 """Area and Fmax of the FGMP units: Yosys on every target, nextpnr per pipeline depth, written into
 docs/hardware.md between the ``<!-- area:begin -->`` / ``<!-- area:end -->`` markers.
 
-    python bench/area.py [--lanes 1 4 8] [--jobs 2] [--reuse] [--no-timing] [--bitstream]
+    python bench/area.py [--lanes 1 4 8] [--jobs 2] [--reuse] [--no-timing] [--bitstream] [--goal-stages P ...]
 
 1. ``fgmp area compare``: the FGMP, FP8-only and FP4-only dot units at each lane count and the activation
    unit, on every Yosys target (generic gates, iCE40, ECP5, ECP5 without DSPs), flat and by submodule;
    the stacked-bar plot goes to docs/area.png.
-2. ``fgmp timing`` in the registered harness: the ``--timing-lanes`` FGMP dot unit at every pipeline depth and
-   its FP8-only / FP4-only variants at P = 1 on the ECP5-85F, the ``--goal-lanes`` FGMP unit at the deepest
-   pipeline, the activation unit, a 1-lane engine and a decoder (placing a 4-lane unit takes 15+ minutes of
-   WASM nextpnr, so the per-depth sweep runs at one lane: each lane has the same critical paths); the 1-lane dot units (P = 1) and a decoder on the iCE40 parts, where they fit.
-3. ``--bitstream``: the 1-lane FGMP self-test built for the ULX3S-85F, timed.
+2. ``fgmp timing`` in the registered harness, one seed, each point constrained at its unit's target
+   (``fgmp.flow.timing.TARGET_MHZ``: 150 MHz dot units and 100 MHz activation unit / engine on the ECP5,
+   24 MHz on the iCE40): the 1-lane FGMP dot unit at every depth ``--stages`` (default 0..MAX_PIPELINE_STAGES),
+   the same at the deepest ``--stages`` value with ``synth_ecp5 -nodsp`` (part ecp5-85f-nodsp: do the
+   MULT18X18D help Fmax?), the FP8-only / FP4-only 1-lane units at ``--baseline-stages`` (default 1 and
+   the deepest), the ``--goal-lanes`` FGMP unit at ``--goal-stages`` (default the deepest), the activation
+   unit (B = 16, C = ``--max-channels``) at ``--actq-stages`` (default 1 and the deepest), the
+   ``--engine-lanes`` engine at ``--engine-stages Q P`` (default the deepest of each unit) and an E4M3
+   decoder, all on the ECP5-85F; the FP4-only 1-lane unit on the ``--ice40`` parts at ``--ice40-stages``
+   (default every depth). Latency, GMAC/s per 1,000 LUT4 of the unit, the plot docs/timing.png (Fmax
+   and LUT4 against depth) and the targets' status. A 4-lane dot unit, the activation unit at B = 16 and
+   the engine take tens of minutes each (WASM Yosys / nextpnr on 2 cores): they run last.
+3. ``--bitstream``: the 1-lane FGMP self-test for the ULX3S-85F (at ``--ulx3s-freq`` MHz, through the PLL
+   when it is not 25) and the FP4-only one for the iCEBreaker (at ``--icebreaker-freq``), deepest pipeline.
 
 Every figure in the generated section comes from these runs; results are cached per point under --out,
 so ``--reuse`` rewrites the section from finished points and runs only the missing ones.
@@ -25,11 +34,15 @@ import sys
 import time
 from pathlib import Path
 
-from fgmp.flow.board import build_bitstream
+from fgmp.flow.board import BOARDS, build_bitstream
 from fgmp.flow.groups import GROUP_ORDER
-from fgmp.flow.report import PRIMARY, TARGET_TITLES, compare_tables, markdown, plot_breakdown, table, timing_table
+from fgmp.flow.report import (PRIMARY, TARGET_TITLES, compare_tables, markdown, plot_breakdown, plot_depth, table,
+                              targets_status, timing_table)
 from fgmp.flow.sweep import VARIANTS, area_sweep, compare_configs, timing_sweep
-from fgmp.flow.tools import tool_path
+from fgmp.flow.timing import TARGET_MHZ
+from fgmp.flow.tools import FlowError, tool_path
+from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX
+from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- area:begin -->", "<!-- area:end -->"
@@ -103,16 +116,33 @@ def main(argv=None):
                         help="the activation unit's sensitivity table, C x 8 bits (flip-flops in the generic run; "
                              "the table is a quarter of the unit's generic cells at C = 1024)")
     parser.add_argument("--timing-lanes", type=int, default=1, help="lanes of the per-depth timing sweep")
-    parser.add_argument("--goal-lanes", type=int, default=4,
-                        help="lanes of the unit the 100 MHz goal is about (placed once, at the deepest pipeline)")
-    parser.add_argument("--stages", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--stages", type=int, nargs="+", default=list(range(DOT_MAX + 1)),
+                        help=f"depths of the --timing-lanes FGMP dot unit (default 0..{DOT_MAX}, every depth)")
+    parser.add_argument("--goal-lanes", type=int, default=4, help="lanes of the unit the 150 MHz target is about")
+    parser.add_argument("--goal-stages", type=int, nargs="+", default=[DOT_MAX],
+                        help=f"depths of the --goal-lanes FGMP unit (default {DOT_MAX}, the deepest; 15-25 min each)")
+    parser.add_argument("--baseline-stages", type=int, nargs="+", default=sorted({1, DOT_MAX}),
+                        help="depths of the 1-lane FP8-only and FP4-only units on the ECP5 (default 1 and the deepest)")
+    parser.add_argument("--actq-stages", type=int, nargs="+", default=sorted({1, ACTQ_MAX}),
+                        help="depths of the activation unit (default 1 and the deepest)")
+    parser.add_argument("--engine-lanes", type=int, default=4)
+    parser.add_argument("--engine-stages", type=int, nargs=2, default=[ACTQ_MAX, DOT_MAX], metavar=("Q", "P"),
+                        help="the engine's activation-unit and dot-unit depths (default the deepest of each)")
+    parser.add_argument("--no-dsp-comparison", dest="nodsp", action="store_false",
+                        help="leave out the 1-lane FGMP unit at the deepest --stages without DSP inference")
     parser.add_argument("--no-timing", dest="timing", action="store_false")
     parser.add_argument("--no-actq", dest="actq", action="store_false",
                         help="leave the activation unit out of the area comparison (its Yosys runs take the longest)")
     parser.add_argument("--no-actq-timing", dest="actq_timing", action="store_false",
                         help="leave the activation unit and the engine out of place and route (the slowest points)")
-    parser.add_argument("--ice40", nargs="+", default=["ice40-up5k", "ice40-hx8k"], help="iCE40 parts for L=1")
-    parser.add_argument("--bitstream", action="store_true", help="also build the 1-lane ULX3S-85F self-test")
+    parser.add_argument("--ice40", nargs="+", default=["ice40-up5k"], help="iCE40 parts of the FP4-only 1-lane unit")
+    parser.add_argument("--ice40-stages", type=int, nargs="+", default=list(range(DOT_MAX + 1)),
+                        help="depths of the FP4-only 1-lane unit on the iCE40 parts (default every depth)")
+    parser.add_argument("--bitstream", action="store_true",
+                        help="also build the 1-lane ULX3S-85F (FGMP) and iCEBreaker (FP4-only) self-tests")
+    parser.add_argument("--ulx3s-freq", type=float, help="ULX3S self-test clock in MHz (default 25, the oscillator)")
+    parser.add_argument("--icebreaker-freq", type=float,
+                        help="iCEBreaker self-test clock in MHz (default 12, the oscillator)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "out/bench/area")
@@ -135,37 +165,11 @@ def main(argv=None):
 
     timing = []
     if args.timing:
-        # Every depth for FGMP; the baselines at the default depth (their critical path is the same stage).
-        ecp5 = [("dot", {"lanes": args.timing_lanes, "pipeline_stages": p, **VARIANTS["FGMP"]})
-                for p in args.stages]
-        ecp5 += [("dot", {"lanes": args.timing_lanes, "pipeline_stages": 1, **VARIANTS[v]})
-                 for v in ("FGMP split", "FP8-only", "FP4-only")]
-        if args.goal_lanes != args.timing_lanes:  # one point at the goal's lane count, deepest pipeline
-            ecp5 += [("dot", {"lanes": args.goal_lanes, "pipeline_stages": max(args.stages), **VARIANTS["FGMP"]})]
-        if args.actq_timing:
-            ecp5 += [("actq", {"max_channels": args.max_channels}), ("engine", {"lanes": 1})]
-        ecp5 += [("decoder", {"format": "e4m3"})]
-        timing += timing_sweep(ecp5, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
-                               progress=log)
-        ice40 = [("dot", {"lanes": 1, "pipeline_stages": 1, **VARIANTS[v]}) for v in ("FGMP", "FP8-only", "FP4-only")]
-        ice40 += [("decoder", {"format": "e4m3"})]
-        timing += timing_sweep(ice40, args.ice40, args.out / "timing", reuse=args.reuse, jobs=args.jobs,
-                               progress=log)
-        lines += ["### Fmax and utilisation per pipeline depth", "",
-                  "Place and route (`fgmp timing`, seed 1) of each unit inside the registered timing harness "
-                  "(`fgmp/flow/harness.py`); the target clock comes from `constraints/ecp5-85f.lpf` (100 MHz, the "
-                  "goal for the 4-lane FGMP unit) and `constraints/ice40-*.pcf` (50 MHz). \"logic/FF/DSP used\" "
-                  "are nextpnr's counts for unit + harness; \"harness adds\" is the harness's own share (Yosys, "
-                  "kept as a separate module): one flip-flop per unit input and output bit, a 32-bit LFSR and "
-                  "a registered XOR tree. \"critical path\" names the submodules at its two ends.", "",
-                  markdown(timing_table(timing)), ""]
-        lines += _goal(timing, args.goal_lanes)
+        timing = _timing(args, log)
+        lines += _timing_section(timing, args)
 
     if args.bitstream:
-        result = build_bitstream("ulx3s-85f", {"lanes": 1, "pipeline_stages": 3}, args.out / "bitstream")
-        lines += ["### Bitstream", "", f"`fgmp bitstream --board ulx3s-85f` (1-lane FGMP dot unit, P = 3, self-test "
-                  f"of {result.block_pairs} block pairs): {result.bytes} bytes in {result.seconds:.0f} s; "
-                  f"{result.fmax_log}.", ""]
+        lines += _bitstreams(args)
 
     minutes = (time.perf_counter() - start) / 60
     flags = _flags(argv if argv is not None else sys.argv[1:])
@@ -199,16 +203,105 @@ def _flags(argv):
     return "".join(" " + arg for arg in kept)
 
 
-def _goal(timing, lanes):
-    fgmp = [r for r in timing if r.unit.startswith(f"FGMP dot L={lanes} ") and r.part == "ecp5-85f" and r.fmax_mhz]
-    if not fgmp:
+def _timing(args, log):
+    """The sweep's points, cheapest first (each is cached, so an interrupted run resumes with --reuse)."""
+    dot = lambda lanes, p, variant: ("dot", {"lanes": lanes, "pipeline_stages": p, **VARIANTS[variant]})
+    ecp5 = [dot(args.timing_lanes, p, "FGMP") for p in args.stages]
+    ecp5 += [dot(1, p, v) for v in ("FP8-only", "FP4-only") for p in args.baseline_stages]
+    ecp5 += [("decoder", {"format": "e4m3"})]
+    results = timing_sweep(ecp5, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs, progress=log)
+    results += timing_sweep([dot(1, p, "FP4-only") for p in args.ice40_stages], args.ice40, args.out / "timing",
+                            reuse=args.reuse, jobs=args.jobs, progress=log)
+    if args.nodsp:
+        results += timing_sweep([dot(args.timing_lanes, max(args.stages), "FGMP")], ["ecp5-85f-nodsp"],
+                                args.out / "timing", reuse=args.reuse, jobs=args.jobs, progress=log)
+    slow = []
+    if args.actq_timing:
+        slow += [("actq", {"max_channels": args.max_channels, "pipeline_stages": p}) for p in args.actq_stages]
+    if args.goal_lanes != args.timing_lanes:
+        slow += [dot(args.goal_lanes, p, "FGMP") for p in args.goal_stages]
+    if args.actq_timing:
+        q, p = args.engine_stages
+        slow += [("engine", {"lanes": args.engine_lanes, "max_channels": args.max_channels,
+                             "quantizer_stages": q, "dot_stages": p})]
+    if slow:
+        results += timing_sweep(slow, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
+                                progress=log)
+    return results
+
+
+def _timing_section(timing, args):
+    targets = ", ".join(f"{mhz:g} MHz for the {kind} on the {family.upper() if family == 'ecp5' else 'iCE40'}"
+                        for (family, kind), mhz in TARGET_MHZ.items())
+    lines = ["### Fmax and utilisation per pipeline depth", "",
+             "Place and route (`fgmp timing`, seed 1) of each unit inside the registered timing harness "
+             f"(`fgmp/flow/harness.py`), constrained at its unit's target ({targets}; the decoder at its "
+             "constraint file's clock): nextpnr optimises toward the constraint. \"latency\" is the unit's own "
+             "(cycles from a reduction's last input to its result). \"logic/FF/DSP used\" are nextpnr's counts "
+             "for unit + harness; \"unit LUT4\" and \"unit DSP\" are Yosys's for the unit alone (ECP5: LUT4 + 2 "
+             "per CCU2C), and \"GMAC/s per kLUT4\" = Fmax × lanes × block size / 1000 per 1,000 unit LUT4, the "
+             "throughput per area that shows the best depth. `ecp5-85f-nodsp` is the same part with "
+             "`synth_ecp5 -nodsp` (every multiplier in logic). \"harness adds\" is the harness's own share: one "
+             "flip-flop per unit input and output bit, a 32-bit LFSR and a registered XOR tree. \"critical "
+             "path\" names the submodules at its two ends.", "",
+             markdown(timing_table(timing)), "", "![Fmax and unit LUT4 against pipeline depth](timing.png)", ""]
+    plot_depth(timing, ROOT / "docs/timing.png")
+    lines += _best_depths(timing) + _dsp_comparison(timing, args)
+    lines += ["**Targets** (after place and route, one seed):", "", *targets_status(timing), ""]
+    return lines
+
+
+def _best_depths(timing):
+    from fgmp.flow.report import _series
+
+    best = {}
+    for r in timing:
+        if r.gmacs_per_klut is None:
+            continue
+        name, _ = _series(r)
+        if name not in best or r.gmacs_per_klut > best[name].gmacs_per_klut:
+            best[name] = r
+    if not best:
         return []
-    best = max(fgmp, key=lambda r: r.fmax_mhz)
-    verdict = "met" if best.fmax_mhz >= 100 else "not met"
-    scope = "" if lanes == 4 else (f" (measured at {lanes} lane{'s' if lanes > 1 else ''}: the critical paths are "
-                                   "per lane, so the 4-lane unit's are the same ones, a little longer for routing)")
-    return [f"Goal (≥ 100 MHz on ECP5 for the 4-lane FGMP unit){scope}: **{verdict}**; the best depth is "
-            f"P = {best.pipeline_stages} at {best.fmax_mhz:.1f} MHz, critical path {best.critical_path}.", ""]
+    parts = [f"{name}: P = {r.pipeline_stages[1] if isinstance(r.pipeline_stages, (list, tuple)) else r.pipeline_stages} "
+             f"({r.gmacs_per_klut:.3f} GMAC/s per kLUT4 at {r.fmax_mhz:.1f} MHz)" for name, r in best.items()]
+    return ["Best depth by throughput per area: " + "; ".join(parts) + ".", ""]
+
+
+def _dsp_comparison(timing, args):
+    depth = max(args.stages)
+    pick = lambda part: next((r for r in timing if r.part == part and r.fmax_mhz is not None
+                              and r.unit == f"FGMP dot L={args.timing_lanes} P={depth}"), None)
+    with_dsp, without = pick("ecp5-85f"), pick("ecp5-85f-nodsp")
+    if with_dsp is None or without is None:
+        return []
+    verdict = "help" if with_dsp.fmax_mhz > without.fmax_mhz else "hurt" if with_dsp.fmax_mhz < without.fmax_mhz \
+        else "do not change"
+    return [f"DSPs, FGMP dot unit L = {args.timing_lanes}, P = {depth}: with MULT18X18D inference "
+            f"{with_dsp.fmax_mhz:.1f} MHz ({with_dsp.unit_dsp or 0} MULT18X18D, {with_dsp.unit_lut4} LUT4, critical "
+            f"path {with_dsp.critical_path}), without {without.fmax_mhz:.1f} MHz ({without.unit_lut4} LUT4, "
+            f"critical path {without.critical_path}): the DSPs {verdict} Fmax (one seed).", ""]
+
+
+def _bitstreams(args):
+    lines = ["### Bitstreams", ""]
+    from fgmp.hw.dot import MAX_PIPELINE_STAGES
+
+    for board, freq in (("ulx3s-85f", args.ulx3s_freq), ("icebreaker", args.icebreaker_freq)):
+        params = {"lanes": 1, "pipeline_stages": MAX_PIPELINE_STAGES, "formats": BOARDS[board].formats}
+        name = "FGMP" if len(params["formats"]) == 2 else "FP4-only"
+        command = f"`fgmp bitstream --board {board}{f' --freq {freq:g}' if freq else ''}`"
+        try:
+            result = build_bitstream(board, params, args.out / "bitstream" / board, freq_mhz=freq)
+        except (FlowError, ValueError) as error:
+            lines += [f"{command} (1-lane {name} dot unit, P = {MAX_PIPELINE_STAGES}): **failed**: "
+                      f"{str(error).splitlines()[0]} {' '.join(str(error).splitlines()[1:])}", ""]
+            continue
+        clock = result.pll or f"the {BOARDS[board].oscillator_mhz:g} MHz oscillator"
+        lines += [f"{command} (1-lane {name} dot unit, P = {MAX_PIPELINE_STAGES}, self-test of {result.block_pairs} "
+                  f"block pairs) at {result.freq_mhz:.6g} MHz from {clock}: {result.bytes} bytes in "
+                  f"{result.seconds:.0f} s; {result.fmax_log}.", ""]
+    return lines
 
 
 if __name__ == "__main__":

@@ -88,8 +88,11 @@ def test_generate_dot_writes_lint_clean_verilog(tmp_path, capsys, formats, top):
 def test_generate_dot_reports_invalid_parameters(tmp_path, capsys):
     assert main(["generate", "dot", "--lanes", "0", "--out", str(tmp_path)]) == 2
     assert "fgmp: error: Lanes must be at least 1, not 0" in capsys.readouterr().err
-    assert main(["generate", "dot", "--pipeline-stages", "5", "--out", str(tmp_path)]) == 2
-    assert "Pipeline stages must be between 0 and 3, not 5" in capsys.readouterr().err
+    from fgmp.hw.dot import MAX_PIPELINE_STAGES
+
+    deeper = MAX_PIPELINE_STAGES + 1
+    assert main(["generate", "dot", "--pipeline-stages", str(deeper), "--out", str(tmp_path)]) == 2
+    assert f"Pipeline stages must be between 0 and {MAX_PIPELINE_STAGES}, not {deeper}" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
 
 

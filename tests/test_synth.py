@@ -19,6 +19,8 @@ from fgmp.flow.sweep import VARIANTS, area_sweep
 from fgmp.flow.timing import check_fit, check_parts
 from fgmp.flow.tools import DoesNotFit, FlowError
 from fgmp.flow.units import make_unit
+from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX
+from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX
 from fgmp.hw.verilog import lint, write_verilog
 
 # The smallest dot unit with every submodule: 2 elements per block, reductions of up to 4 blocks.
@@ -247,8 +249,9 @@ def test_constraints_command_writes_checked_files(tmp_path, capsys):
     (lambda: check_targets([]), ValueError, "Targets must name at least one of generic, ice40, ecp5, ecp5-nodsp"),
     (lambda: check_targets("generic"), TypeError, "Targets must be a sequence of target names, not 'generic'"),
     (lambda: check_parts(["xc7a35t"]), ValueError,
-     "Unknown part 'xc7a35t'; choose from ecp5-85f, ice40-up5k, ice40-hx8k"),
-    (lambda: check_parts([]), ValueError, "Parts must name at least one of ecp5-85f, ice40-up5k, ice40-hx8k"),
+     "Unknown part 'xc7a35t'; choose from ecp5-85f, ecp5-85f-nodsp, ice40-up5k, ice40-hx8k"),
+    (lambda: check_parts([]), ValueError,
+     "Parts must name at least one of ecp5-85f, ecp5-85f-nodsp, ice40-up5k, ice40-hx8k"),
     (lambda: check_parts("ecp5-85f"), TypeError, "Parts must be a sequence of part names, not 'ecp5-85f'"),
     (lambda: check_frequency(0), ValueError, "Frequency must be above 0 and at most 1000 MHz, not 0"),
     (lambda: check_frequency("fast"), TypeError, "Frequency must be a number of MHz, not 'fast'"),
@@ -261,7 +264,7 @@ def test_parameter_errors(call, error, message):
 def test_board_and_self_test_parameter_errors():
     from fgmp.flow.board import SelfTest, check_board
 
-    with pytest.raises(ValueError, match=r"^Unknown board 'arty'; choose from ulx3s-85f$"):
+    with pytest.raises(ValueError, match=r"^Unknown board 'arty'; choose from ulx3s-85f, icebreaker$"):
         check_board("arty")
     with pytest.raises(TypeError, match=r"^Board must be a board name, not None$"):
         check_board(None)
@@ -284,7 +287,15 @@ def test_fit_check_names_the_missing_resource():
     (["area", "dot", "--jobs", "0"], "Jobs must be at least 1, not 0"),
     (["area", "compare", "--pipeline-stages", "1", "2"], "compare takes one --pipeline-stages value"),
     (["timing", "dot", "--parts", "xc7a35t"], "Unknown part 'xc7a35t'"),
-    (["timing", "dot", "--pipeline-stages", "4"], "Pipeline stages must be between 0 and 3, not 4"),
+    (["timing", "dot", "--pipeline-stages", str(DOT_MAX + 1)],
+     f"Pipeline stages must be between 0 and {DOT_MAX}, not {DOT_MAX + 1}"),
+    (["timing", "actq", "--pipeline-stages", str(ACTQ_MAX + 1)],
+     f"Pipeline stages must be between 0 and {ACTQ_MAX}, not {ACTQ_MAX + 1}"),
+    (["bitstream", "--freq", "36.4"], "The ECP5 PLL cannot make 36.4 MHz from 25 MHz (within 0.1%); the nearest "
+                                      "it can make are 35.7143 MHz and 37.5 MHz"),
+    (["bitstream", "--board", "icebreaker", "--freq", "10"],
+     "The iCE40 PLL cannot make 10 MHz from 12 MHz (within 0.1%); the nearest it can make are 16.125 MHz"),
+    (["bitstream", "--freq", "0"], "Frequency must be above 0 and at most 1000 MHz, not 0.0"),
     (["timing", "dot", "--freq", "-5"], "Frequency must be above 0 and at most 1000 MHz, not -5.0"),
     (["bitstream", "--lanes", "0"], "Lanes must be at least 1, not 0"),
 ])
@@ -344,3 +355,121 @@ def test_the_first_run_of_a_yowasp_tool_waits_for_any_other(monkeypatch):
         assert not done.wait(2), "warm_tool ran the tool while another process held the lock"
     waiter.join(60)
     assert done.is_set() and "yowasp-icepack" in tools._WARM
+
+
+# PLLs, board clocks and bitstreams ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mhz, dividers, vco", [
+    (100, (1, 4, 6), 600), (150, (1, 6, 4), 600), (62.5, (2, 5, 10), 625), (40, (5, 8, 15), 600),
+    (35.7143, (7, 10, 17), 607.142857), (25, (1, 1, 24), 600), (400, (1, 16, 1), 400),
+])
+def test_ecp5_pll_settings(mhz, dividers, vco):
+    """CLKI/CLKFB/CLKOP dividers as prjtrellis' ecppll chooses them where it finds the same frequency."""
+    from fgmp.flow.pll import ecp5_pll
+
+    pll = ecp5_pll(25, mhz)
+    assert (pll.clki_div, pll.clkfb_div, pll.clkop_div) == dividers
+    assert pll.output_mhz == pytest.approx(mhz, rel=1e-3) and pll.vco_mhz == pytest.approx(vco)
+    assert 3.125 <= pll.pfd_mhz and 400 <= pll.vco_mhz <= 800
+    assert pll.parameters()["CLKOP_CPHASE"] == dividers[2] - 1 and pll.parameters()["FEEDBK_PATH"] == "CLKOP"
+
+
+@pytest.mark.parametrize("mhz, dividers, filter_range", [(24, (0, 63, 5), 1), (36, (0, 47, 4), 1),
+                                                         (30, (0, 79, 5), 1), (48, (0, 63, 4), 1)])
+def test_ice40_pll_settings(mhz, dividers, filter_range):
+    """DIVR/DIVF/DIVQ and the filter as icestorm's icepll chooses them."""
+    from fgmp.flow.pll import ice40_pll
+
+    pll = ice40_pll(12, mhz)
+    assert (pll.divr, pll.divf, pll.divq) == dividers and pll.filter_range == filter_range
+    assert pll.output_mhz == mhz and 533 <= pll.vco_mhz <= 1066
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda p: p.ecp5_pll(25, 12), ValueError,
+     "The ECP5 PLL cannot make 12 MHz from 25 MHz (within 0.1%); the nearest it can make are 10.7143 MHz and 12.5 MHz"),
+    (lambda p: p.ecp5_pll(25, 500), ValueError,
+     "The ECP5 PLL cannot make 500 MHz from 25 MHz (within 0.1%); the nearest it can make are 400 MHz"),
+    (lambda p: p.ecp5_pll(25, 3), ValueError,
+     "The ECP5 PLL cannot make 3 MHz from 25 MHz (within 0.1%); the nearest it can make are 3.125 MHz"),
+    (lambda p: p.ice40_pll(12, 300), ValueError,
+     "The iCE40 PLL cannot make 300 MHz from 12 MHz (within 0.1%); the nearest it can make are 270 MHz"),
+    (lambda p: p.ice40_pll(5, 24), ValueError, "The iCE40 PLL cannot run from a 5 MHz input"),
+    (lambda p: p.ecp5_pll(25, "fast"), TypeError, "Output frequency must be a number of MHz, not 'fast'"),
+    (lambda p: p.ecp5_pll(-1, 50), ValueError, "Input frequency must be above 0 MHz, not -1"),
+])
+def test_pll_errors(call, error, message):
+    from fgmp.flow import pll
+
+    with pytest.raises(error, match=f"^{re.escape(message)}$"):
+        call(pll)
+
+
+def test_board_clock_uses_the_oscillator_or_the_pll():
+    from fgmp.flow.board import board_clock
+
+    assert board_clock("ulx3s-85f") == (25.0, None) and board_clock("ulx3s-85f", 25) == (25.0, None)
+    assert board_clock("icebreaker") == (12.0, None)
+    freq, pll = board_clock("ulx3s-85f", 100)
+    assert freq == 100 and (pll.clki_div, pll.clkfb_div, pll.clkop_div) == (1, 4, 6)
+
+
+def test_icebreaker_bitstream_through_the_pll(tmp_path, capsys):
+    """The smallest FP4-only self-test on the iCEBreaker at 24 MHz from the UP5K's PLL (about 10 s); nextpnr
+    must time the PLL's output at the frequency the search computed."""
+    assert main(["bitstream", "--board", "icebreaker", "--block-size", "1", "--max-blocks", "2", "--reductions", "2",
+                 "--freq", "24", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "fgmp_selftest.bin").stat().st_size > 50_000
+    printed = capsys.readouterr().out
+    assert "at 24 MHz (iCE40 SB_PLL40_PAD 12 -> 24 MHz (DIVR=0, DIVF=63, DIVQ=5, FILTER_RANGE=1;" in printed
+    assert "(PASS at 24.00 MHz)" in printed
+
+
+# Timing figures: targets, throughput per area, the plot and the targets' status ---------------------------
+
+def test_each_unit_is_constrained_at_its_target():
+    from fgmp.flow.timing import target_frequency
+
+    assert [target_frequency(k, "ecp5-85f") for k in ("dot", "actq", "engine", "decoder")] == [150, 100, 100, None]
+    assert target_frequency("dot", "ecp5-85f-nodsp") == 150 and target_frequency("dot", "ice40-up5k") == 24
+
+
+def _timing_result(unit, part, stages, fmax, lut4, macs, kind="dot", path="accumulator -> FP32 conversion", target=150):
+    from fgmp.flow.timing import TimingResult
+
+    return TimingResult(unit=unit, top="t", part=part, pipeline_stages=stages, fmax_mhz=fmax, target_mhz=target,
+                        utilization={"LUT4": (lut4 + 50, 83640), "FF": (10, 83640)}, unit_cells={"LUT4 eq.": lut4},
+                        harness_cells={}, critical_path=path, kind=kind, latency=3, macs_per_cycle=macs)
+
+
+def test_throughput_per_area():
+    from fgmp.flow.timing import gmacs_per_klut
+
+    assert gmacs_per_klut(150, 4 * 16, 20000) == pytest.approx(0.48)  # 9.6 GMAC/s over 20 kLUT4
+    assert gmacs_per_klut(None, 16, 100) is None and gmacs_per_klut(100, None, 100) is None
+    r = _timing_result("FGMP dot L=1 P=3", "ecp5-85f", 3, 125.0, 5000, 16)
+    assert r.gmacs == 2.0 and r.gmacs_per_klut == pytest.approx(0.4) and r.unit_lut4 == 5000
+    assert r.as_dict()["gmacs_per_klut"] == pytest.approx(0.4)
+
+
+def test_timing_table_plot_and_targets_status(tmp_path):
+    from fgmp.flow.report import plot_depth, targets_status, timing_table
+
+    results = [_timing_result(f"FGMP dot L=4 P={p}", "ecp5-85f", p, 60.0 + 50 * p, 20000 + 100 * p, 64)
+               for p in (0, 1, 2)]
+    results += [_timing_result("actq C=1024 P=1", "ecp5-85f", 1, 90.0, 30000, None, "actq",
+                               "candidates -> score terms", 100),
+                _timing_result("FP4-only dot L=1 P=2", "ice40-up5k", 2, 30.5, 1900, 16, target=24)]
+    rows = {row[0]: row for row in timing_table(results)["rows"]}
+    assert rows["FGMP dot L=4 P=2"][2:7] == ["2", "3", "160.00", "150", "yes"]
+    assert rows["FGMP dot L=4 P=2"][10:14] == ["20200", "0", "10.24", "0.507"]
+    assert rows["actq C=1024 P=1"][12:14] == ["", ""]
+    assert targets_status(results) == [
+        "- FGMP dot unit, 4 lanes, ECP5-85F, ≥ 150 MHz: **met**; best 160.0 MHz at P = 2 (ecp5-85f, constrained at "
+        "150 MHz), critical path accumulator -> FP32 conversion.",
+        "- activation unit, B = 16, ECP5-85F, ≥ 100 MHz: **not met**; best 90.0 MHz at P = 1 (ecp5-85f, constrained "
+        "at 100 MHz), critical path candidates -> score terms.",
+        "- engine, 4 lanes, ECP5-85F, ≥ 100 MHz: **not measured** in this run.",
+        "- FP4-only dot unit, 1 lane, iCE40 UP5K, ≥ 24 MHz: **met**; best 30.5 MHz at P = 2 (ice40-up5k, constrained "
+        "at 24 MHz), critical path accumulator -> FP32 conversion."]
+    assert plot_depth(results, tmp_path / "depth.png").stat().st_size > 10_000

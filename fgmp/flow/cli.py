@@ -62,7 +62,8 @@ def _configs(args):
 def _add_unit_options(parser):
     parser.add_argument("--lanes", type=int, nargs="+", help="lane counts (dot, engine; several values sweep)")
     parser.add_argument("--pipeline-stages", type=int, nargs="+",
-                        help="register cuts, 0..3 (several values sweep; the engine's activation unit)")
+                        help="register cuts, 0 to the unit's MAX_PIPELINE_STAGES (several values sweep; the engine's "
+                             "activation unit)")
     parser.add_argument("--block-size", type=int, help="elements per block (default 16)")
     parser.add_argument("--max-channels", type=int, help="activation unit / engine: sensitivity table size")
     parser.add_argument("--max-blocks", type=int, help="dot unit: longest exact reduction (default 1024)")
@@ -127,7 +128,7 @@ def _area(args):
 
 def _timing(args):
     from .constraints import check_frequency
-    from .report import timing_table
+    from .report import plot_depth, timing_table
     from .sweep import timing_sweep
     from .timing import check_parts
 
@@ -135,11 +136,14 @@ def _timing(args):
     freq = check_frequency(args.freq)
     configs = _configs(args)
     progress = lambda r: print(f"  {r.unit} on {r.part}: "
-                               + (f"{r.fmax_mhz:.1f} MHz" if r.fmax_mhz else "does not fit"), flush=True)
+                               + (f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g})" if r.fmax_mhz else "does not fit"),
+                               flush=True)
     results = timing_sweep(configs, parts, args.out, freq=freq, reuse=args.reuse, jobs=args.jobs, progress=progress)
     tables = [("Fmax and utilisation after place and route (unit + timing harness)", timing_table(results))]
     _print_tables(tables)
     _write(args.out, "timing", [r.as_dict() for r in results], tables)
+    if len({r.pipeline_stages for r in results if r.fmax_mhz is not None and r.pipeline_stages is not None}) > 1:
+        print(f"wrote {plot_depth(results, Path(args.out) / 'timing.png')}")
     misfits = [r.error for r in results if r.fmax_mhz is None]
     return _error(misfits[0]) if misfits else 0
 
@@ -165,13 +169,19 @@ def _constraints(args):
 
 
 def _bitstream(args):
-    from .board import build_bitstream
+    from fgmp.hw.dot import MAX_PIPELINE_STAGES
 
+    from .board import BOARDS, build_bitstream
+
+    board = BOARDS[args.board]
+    formats = tuple(args.formats) if args.formats else board.formats
+    stages = MAX_PIPELINE_STAGES if args.pipeline_stages is None else args.pipeline_stages
     params = {"lanes": args.lanes, "block_size": args.block_size, "max_blocks": args.max_blocks,
-              "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats), "datapath": args.datapath}
-    result = build_bitstream(args.board, params, args.out, reductions=args.reductions)
+              "pipeline_stages": stages, "formats": formats, "datapath": args.datapath}
+    result = build_bitstream(args.board, params, args.out, freq_mhz=args.freq, reductions=args.reductions)
+    clock = result.pll or f"the {board.oscillator_mhz:g} MHz oscillator"
     print(f"wrote {result.path} ({result.bytes} bytes) in {result.seconds:.0f} s: self-test of "
-          f"{result.block_pairs} block pairs; {result.fmax_log}")
+          f"{result.block_pairs} block pairs at {result.freq_mhz:.6g} MHz ({clock}); {result.fmax_log}")
     return 0
 
 
@@ -209,8 +219,12 @@ def add_commands(commands):
     timing = commands.add_parser("timing", help="nextpnr place and route of a unit in a timing harness: Fmax")
     timing.add_argument("unit", choices=_UNITS)
     _add_unit_options(timing)
-    timing.add_argument("--parts", nargs="+", default=["ecp5-85f"], help=f"of {', '.join(PARTS)}")
-    timing.add_argument("--freq", type=float, help="target clock in MHz (default: the part's constraint file)")
+    timing.add_argument("--parts", nargs="+", default=["ecp5-85f"],
+                        help=f"of {', '.join(PARTS)} (ecp5-85f-nodsp: synth_ecp5 -nodsp, multipliers in logic)")
+    timing.add_argument("--freq", type=float,
+                        help="target clock in MHz (default: the unit's target on the part, 150 MHz for the dot unit "
+                             "and 100 for the activation unit and the engine on the ECP5, 24 for the dot unit on the "
+                             "iCE40; else the part's constraint file)")
     timing.add_argument("--out", type=Path, default=Path("out/flow/timing"))
     timing.add_argument("--reuse", action="store_true")
     timing.add_argument("--jobs", type=int, default=1)
@@ -228,8 +242,11 @@ def add_commands(commands):
     bitstream.add_argument("--lanes", type=int, default=1)
     bitstream.add_argument("--block-size", type=int, default=16)
     bitstream.add_argument("--max-blocks", type=int, default=1024)
-    bitstream.add_argument("--pipeline-stages", type=int, default=3)
-    bitstream.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], default=["nvfp4", "fp8"])
+    bitstream.add_argument("--pipeline-stages", type=int, help="register cuts (default: the deepest pipeline)")
+    bitstream.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"],
+                           help="default: nvfp4 fp8 on the ULX3S, nvfp4 (FP4-only, what fits the UP5K) on the iCEBreaker")
+    bitstream.add_argument("--freq", type=float,
+                           help="clock in MHz (default: the board's oscillator, 25 / 12 MHz; otherwise from its PLL)")
     bitstream.add_argument("--datapath", choices=DATAPATHS, default="shared")
     bitstream.add_argument("--reductions", type=int, default=4, help="reductions in the self-test ROM")
     bitstream.add_argument("--out", type=Path, default=Path("out/flow/bitstream"))

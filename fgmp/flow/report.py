@@ -1,13 +1,14 @@
 """Tables (terminal and Markdown), JSON and the stacked-bar plot of the flow's results."""
 
 import json
+import re
 from pathlib import Path
 
 from .groups import GROUP_ORDER
 from .units import DOT_VARIANTS
 
 __all__ = ["PRIMARY", "table", "markdown", "text", "area_tables", "breakdown_table", "timing_table",
-           "compare_tables", "write_json", "plot_breakdown"]
+           "compare_tables", "write_json", "plot_breakdown", "plot_depth", "targets_status", "TARGETS"]
 
 # The one figure per target that the comparisons use.
 PRIMARY = {"generic": "cells", "ice40": "LUT4", "ecp5": "LUT4 eq.", "ecp5-nodsp": "LUT4 eq."}
@@ -128,6 +129,8 @@ def _lanes(result):
 
 
 def timing_table(results):
+    """One row per point: Fmax against its target, utilisation, the unit's own LUT4 and DSPs, latency,
+    throughput per area (GMAC/s per 1,000 LUT4 of the unit alone) and the critical path."""
     rows = []
     for r in results:
         if r.fmax_mhz is None:
@@ -136,16 +139,99 @@ def timing_table(results):
             else:  # nextpnr's own words, on the line after the flow's
                 lines = r.error.splitlines()
                 reason = "nextpnr: " + (lines[1] if len(lines) > 1 else lines[0]).removeprefix("ERROR: ")
-            rows.append([r.unit, r.part, r.pipeline_stages, "does not fit", "", "", reason, "", "", "", "", ""])
+            rows.append([r.unit, r.part, _stages(r), r.latency, "does not fit", "", "", reason,
+                         *[""] * 9])
             continue
         used = lambda k: f"{r.utilization[k][0]} / {r.utilization[k][1]}" if k in r.utilization else ""
         logic = "LUT4" if "LUT4" in r.utilization else "LC"
         dsp = "MULT18X18D" if "LUT4" in r.utilization else "SB_MAC16"
-        rows.append([r.unit, r.part, r.pipeline_stages, round(r.fmax_mhz, 1), r.target_mhz,
-                     "yes" if r.met else "no", used(logic), used("FF"), used(dsp), r.critical_path,
-                     _harness(r), round(r.seconds)])
-    return table(["unit", "part", "P", "Fmax MHz", "target MHz", "met", "logic used", "FF used", "DSP used",
-                  "critical path", "harness adds", "seconds"], rows)
+        gmacs = None if r.gmacs is None else round(r.gmacs, 2)
+        per_klut = None if r.gmacs_per_klut is None else f"{r.gmacs_per_klut:.3f}"
+        rows.append([r.unit, r.part, _stages(r), r.latency, round(r.fmax_mhz, 1), r.target_mhz,
+                     "yes" if r.met else "no", used(logic), used("FF"), used(dsp), r.unit_lut4, r.unit_dsp or 0,
+                     gmacs, per_klut, r.critical_path, _harness(r), round(r.seconds)])
+    return table(["unit", "part", "P", "latency", "Fmax MHz", "target MHz", "met", "logic used", "FF used",
+                  "DSP used", "unit LUT4", "unit DSP", "GMAC/s", "GMAC/s per kLUT4", "critical path",
+                  "harness adds", "seconds"], rows)
+
+
+def _stages(r):
+    p = r.pipeline_stages
+    return f"Q={p[0]} P={p[1]}" if isinstance(p, (list, tuple)) else p
+
+
+def _series(r):
+    """(series name, depth) of a timing point for the per-depth plot: the unit without its depth, on its part."""
+    label = re.sub(r" P=\d+$", "", r.unit)
+    depth = r.pipeline_stages
+    if isinstance(depth, (list, tuple)):  # the engine: its dot-unit depth, at a fixed quantizer depth
+        label = re.sub(r" Q=\d+ P=\d+$", f" Q={depth[0]}", r.unit)
+        depth = depth[1]
+    return f"{label} ({r.part})", depth
+
+
+def plot_depth(results, path, *, title="Fmax and area against pipeline depth"):
+    """Fmax (top) and the unit's LUT4 (bottom) against pipeline depth, one line per unit and part, for
+    the placed points (decoders, without a depth, are left out); PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {}
+    for r in results:
+        if r.fmax_mhz is None or r.pipeline_stages is None:
+            continue
+        name, depth = _series(r)
+        series.setdefault(name, []).append((depth, r.fmax_mhz, r.unit_lut4))
+    figure, (fmax_axis, area_axis) = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True)
+    for index, (name, points) in enumerate(series.items()):
+        points.sort()
+        depths = [p[0] for p in points]
+        style = {"marker": "o", "label": name, "color": plt.get_cmap("tab10").colors[index % 10]}
+        fmax_axis.plot(depths, [p[1] for p in points], **style)
+        area_axis.plot(depths, [p[2] for p in points], **style)
+    fmax_axis.set_ylabel("Fmax (MHz)")
+    area_axis.set_ylabel("unit LUT4 (ECP5: + 2 per CCU2C)")
+    area_axis.set_xlabel("pipeline depth P (register cuts)")
+    for axis in (fmax_axis, area_axis):
+        axis.grid(alpha=0.3)
+    fmax_axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+# Issue 16's targets: (what, which points, MHz). Measured after place and route, not test assertions.
+TARGETS = [
+    ("FGMP dot unit, 4 lanes, ECP5-85F", lambda r: r.unit.startswith("FGMP dot L=4 ") and r.part.startswith("ecp5"),
+     150.0),
+    ("activation unit, B = 16, ECP5-85F", lambda r: r.kind == "actq" and r.part.startswith("ecp5"), 100.0),
+    ("engine, 4 lanes, ECP5-85F", lambda r: r.unit.startswith("engine L=4 ") and r.part.startswith("ecp5"), 100.0),
+    ("FP4-only dot unit, 1 lane, iCE40 UP5K", lambda r: r.unit.startswith("FP4-only dot L=1 ") and r.part == "ice40-up5k",
+     24.0),
+]
+
+
+def targets_status(results, targets=TARGETS):
+    """One line per target: met / not met / not measured, with the best measured point, its depth and
+    critical path."""
+    lines = []
+    for what, chosen, mhz in targets:
+        points = [r for r in results if chosen(r) and r.fmax_mhz is not None]
+        if not points:
+            lines.append(f"- {what}, ≥ {mhz:g} MHz: **not measured** in this run.")
+            continue
+        best = max(points, key=lambda r: r.fmax_mhz)
+        verdict = "met" if best.fmax_mhz >= mhz else "not met"
+        lines.append(f"- {what}, ≥ {mhz:g} MHz: **{verdict}**; best {best.fmax_mhz:.1f} MHz at "
+                     f"{_stages(best) if isinstance(best.pipeline_stages, (list, tuple)) else f'P = {best.pipeline_stages}'}"
+                     f" ({best.part}, constrained at {best.target_mhz:g} MHz), critical path {best.critical_path or '?'}.")
+    return lines
 
 
 def _harness(r):

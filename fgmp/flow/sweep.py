@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .area import synthesize
-from .timing import TimingResult, place_and_route
+from .timing import TimingResult, place_and_route, target_frequency
 from .tools import DoesNotFit
 from .units import DOT_VARIANTS as VARIANTS, make_unit
 
@@ -41,6 +41,8 @@ def _area_point(kind, params, target, out, reuse):
 
 def _timing_point(kind, params, part, out, freq, reuse):
     unit = make_unit(kind, **params)
+    if freq is None:
+        freq = target_frequency(kind, part)
     try:
         return place_and_route(unit, part, Path(out) / unit.slug / part, freq_mhz=freq, reuse=reuse)
     except DoesNotFit as error:
@@ -72,7 +74,9 @@ def area_sweep(configs, targets, out, *, reuse=False, jobs=1, progress=lambda re
 
 
 def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, progress=lambda result: None):
-    """TimingResults of every (config, part); a point that does not fit has no Fmax and says why."""
+    """TimingResults of every (config, part); a point that does not fit has no Fmax and says why.
+    ``freq`` None constrains each point at its unit's target on the part (``TARGET_MHZ``), or at the
+    constraint file's clock where the unit has none."""
     for kind, params in configs:
         _validate(kind, params)
     points = [(kind, params, part, out, freq, reuse) for kind, params in configs for part in parts]

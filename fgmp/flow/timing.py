@@ -20,7 +20,8 @@ from .groups import CONTROL, GROUP_RULES, name_group
 from .harness import TimingHarness
 from .tools import DoesNotFit, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
-__all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit"]
+__all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit", "TARGET_MHZ",
+           "target_frequency", "gmacs_per_klut"]
 
 HARNESS_TOP = "fgmp_timing"
 
@@ -40,6 +41,10 @@ PARTS = {
     "ecp5-85f": Part("Lattice LFE5U-85F-6 CABGA381 (ULX3S-85F)", "ecp5",
                      ("--85k", "--package", "CABGA381", "--speed", "6"), "ecp5-85f.lpf", "synth_ecp5", "ecp5",
                      {"LUT4 eq.": 83640, "FF": 83640, "MULT18X18D": 156, "BRAM": 208}),
+    # The same part with every multiplier in logic: whether the MULT18X18D help or hurt Fmax.
+    "ecp5-85f-nodsp": Part("Lattice LFE5U-85F-6 CABGA381 (ULX3S-85F), no DSP inference", "ecp5",
+                           ("--85k", "--package", "CABGA381", "--speed", "6"), "ecp5-85f.lpf", "synth_ecp5 -nodsp",
+                           "ecp5", {"LUT4 eq.": 83640, "FF": 83640, "MULT18X18D": 156, "BRAM": 208}),
     "ice40-up5k": Part("Lattice iCE40UP5K SG48 (iCEBreaker)", "ice40", ("--up5k", "--package", "sg48"),
                        "ice40-up5k.pcf", "synth_ice40 -dsp", "ice40",
                        {"LUT4": 5280, "carry": 5280, "FF": 5280, "SB_MAC16": 8, "BRAM": 30}),
@@ -56,8 +61,26 @@ _NO_FIT = re.compile(r"Design uses .* but|device only has|Unable to place cell|f
                      r"Unable to find legal placement|Failed to expand region", re.I)
 
 
+# The clock each unit is placed and routed toward per FPGA family (issue 16's targets): nextpnr optimises
+# toward its constraint, so a sweep constrains at the target, not at a figure the unit cannot reach.
+TARGET_MHZ = {("ecp5", "dot"): 150.0, ("ecp5", "actq"): 100.0, ("ecp5", "engine"): 100.0, ("ice40", "dot"): 24.0}
+
+
 def check_parts(parts):
     return check_names("Part", parts, PARTS)
+
+
+def target_frequency(kind, part_name):
+    """The target clock of a unit ``kind`` on ``part_name`` in MHz; None (the constraint file's own) if none."""
+    return TARGET_MHZ.get((PARTS[check_parts([part_name])[0]].family, kind))
+
+
+def gmacs_per_klut(fmax_mhz, macs_per_cycle, lut4):
+    """Throughput per area: GMAC/s (Fmax x MACs per cycle / 1000) per 1,000 LUT4, i.e.
+    fmax_mhz * macs_per_cycle / lut4. None when a figure is missing."""
+    if fmax_mhz is None or not macs_per_cycle or not lut4:
+        return None
+    return (fmax_mhz * macs_per_cycle / 1000) / (lut4 / 1000)
 
 
 @dataclass
@@ -76,15 +99,36 @@ class TimingResult:
     constraints: str = ""
     critical_path: str = ""
     error: str = ""  # why there is no Fmax (the unit does not fit the part)
+    kind: str = ""  # dot, actq, engine, decoder
+    latency: int = None  # cycles (the unit's latency property)
+    macs_per_cycle: int = None  # lanes x block size for the dot unit and the engine
 
     @property
     def met(self):
         return self.fmax_mhz is not None and self.fmax_mhz >= self.target_mhz
 
+    @property
+    def unit_lut4(self):
+        """LUT4 of the unit alone (Yosys, harness excluded): LUT4 + 2 per CCU2C on the ECP5, SB_LUT4 on the iCE40."""
+        return self.unit_cells.get("LUT4 eq.", self.unit_cells.get("LUT4"))
+
+    @property
+    def unit_dsp(self):
+        return self.unit_cells.get("MULT18X18D", self.unit_cells.get("SB_MAC16"))
+
+    @property
+    def gmacs(self):
+        return None if self.fmax_mhz is None or not self.macs_per_cycle else self.fmax_mhz * self.macs_per_cycle / 1000
+
+    @property
+    def gmacs_per_klut(self):
+        return gmacs_per_klut(self.fmax_mhz, self.macs_per_cycle, self.unit_lut4)
+
     @classmethod
     def not_fitted(cls, unit, part, error):
         return cls(unit=unit.label, top=unit.top, part=part, pipeline_stages=unit.pipeline_stages, fmax_mhz=None,
-                   target_mhz=None, utilization={}, unit_cells={}, harness_cells={}, error=str(error))
+                   target_mhz=None, utilization={}, unit_cells={}, harness_cells={}, error=str(error),
+                   kind=unit.kind, latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
 
     def as_dict(self):
         fmax = None if self.fmax_mhz is None else round(self.fmax_mhz, 2)
@@ -94,7 +138,9 @@ class TimingResult:
                 "unit_cells": self.unit_cells, "harness_cells": self.harness_cells,
                 "harness_bits": self.harness_bits, "constraints": self.constraints,
                 "critical_path": self.critical_path, "error": self.error,
-                "seconds": round(self.seconds, 1)}
+                "seconds": round(self.seconds, 1), "kind": self.kind, "latency": self.latency,
+                "macs_per_cycle": self.macs_per_cycle, "unit_lut4": self.unit_lut4, "unit_dsp": self.unit_dsp,
+                "gmacs": self.gmacs, "gmacs_per_klut": self.gmacs_per_klut}
 
 
 def _synthesize(harness, verilog, part, workdir):
@@ -126,7 +172,8 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
     key = cache_key(verilog, part, freq_mhz, seed, (CONSTRAINTS_DIR / part.constraints).read_text())
     if reuse and (cached := load_cached(workdir, key)) is not None:
         cached["utilization"] = {k: tuple(v) for k, v in cached["utilization"].items()}
-        return TimingResult(**{k: cached[k] for k in TimingResult.__dataclass_fields__})
+        cached.update(kind=unit.kind, latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
+        return TimingResult(**{k: cached[k] for k in TimingResult.__dataclass_fields__ if k in cached})
     unit_cells, harness_cells, bits = _synthesize(harness, verilog, part, workdir)
     check_fit(part_name, {k: unit_cells.get(k, 0) + harness_cells.get(k, 0) for k in unit_cells}, unit.label)
     constraints, target = harness_constraints(part.constraints, workdir, freq_mhz)
@@ -156,7 +203,8 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
                           fmax_mhz=clock["achieved"], target_mhz=target, utilization=utilization,
                           unit_cells=unit_cells, harness_cells=harness_cells, harness_bits=bits,
                           seconds=time.perf_counter() - start, constraints=str(constraints),
-                          critical_path=_critical_path(report, GROUP_RULES[unit.kind]))
+                          critical_path=_critical_path(report, GROUP_RULES[unit.kind]), kind=unit.kind,
+                          latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
     store_cached(workdir, key, dataclasses.asdict(result))
     return result
 

@@ -49,7 +49,8 @@ class Unit:
         if self.kind == "actq":
             return f"actq C={self.component.max_channels} P={self.component.pipeline_stages}"
         if self.kind == "engine":
-            return f"engine L={p['lanes']} C={self.component.max_channels}"
+            q, d = self.pipeline_stages
+            return f"engine L={p['lanes']} C={self.component.max_channels} Q={q} P={d}"
         return self.top
 
     @property
@@ -64,6 +65,18 @@ class Unit:
             q, p = self.pipeline_stages
             return f"{self.top}_b{c.block_size}_c{c.max_channels}_q{q}_p{p}"
         return self.top
+
+    @property
+    def latency(self):
+        """Cycles from a reduction's last input to its result (the unit's own figure); None for a decoder."""
+        return getattr(self.component, "latency", None)
+
+    @property
+    def macs_per_cycle(self):
+        """Multiply-accumulates per cycle at II = 1 (lanes x block size); None for units that do none."""
+        if self.kind in ("dot", "engine"):
+            return self.component.lanes * self.component.block_size
+        return None
 
     @property
     def pipeline_stages(self):
