@@ -5,16 +5,35 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import leading_one, normalize, round_ratio, square
+from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, ratio_base, ratio_dividend,
+                    round_quotient, square)
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
-__all__ = ["MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_parameters"]
+__all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_parameters"]
 
-# The deepest pipeline this unit places cuts for (docs/interfaces.md lists them in order).
-MAX_PIPELINE_STAGES = 3
+# The register cuts in the order the pipeline depth P places them: P cuts are CUTS[:P]. The first three
+# are the original ones; each later one splits the stage that was then estimated to be the longest (the
+# measured critical paths are in docs/hardware.md). Each name says what is registered, in dataflow order:
+#   amax             amax' found, before its normalisation and the scale roundings
+#   scale_div3/6     the scale divisions (amax' / 6 and / 448) after 3 and 6 of their 9 quotient bits
+#   scale_quotients  the scale quotients and remainders, before their rounding
+#   scales           s4 and s8 (P >= 1)
+#   div3/6           the element divisions (x' / s4 and x' / s8) after 3 and 6 quotient bits
+#   quotients        the element quotients and remainders, before their rounding
+#   codes            q4 and q8, before the products s*q
+#   perturbations    |D| (P >= 2)
+#   delta_hat        Δ̂, |D| truncated to 12 bits, before its square
+#   square           Δ̂², before the product with F
+#   terms            F * Δ̂² (P >= 3)
+#   top              the largest term's position E, before the window and sum
+#   sum              the windowed sum, before the threshold compare
+CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
+        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6")
+# The deepest pipeline this unit places cuts for.
+MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
 _DELTA_BITS = 12
 _WINDOW_BITS = 40
@@ -40,8 +59,8 @@ class ActivationQuantizer(wiring.Component):
 
     Parameters (keyword-only): ``block_size`` >= 1 (default 16); ``max_channels``, the longest reduction
     in elements (sets the sensitivity table depth, a multiple of ``block_size``; default 4096);
-    ``pipeline_stages`` 0..3 (register cuts after the candidates, after the perturbations, after the
-    score terms); ``passthrough``, an optional shape carried unchanged from ``i`` to ``o`` alongside
+    ``pipeline_stages`` 0..MAX_PIPELINE_STAGES (register cuts, placed in the order of ``CUTS``; with any
+    cut the sensitivity table's read is synchronous); ``passthrough``, an optional shape carried unchanged from ``i`` to ``o`` alongside
     its block (the engine sends the weight blocks this way).
 
     Ports:
@@ -103,18 +122,22 @@ class ActivationQuantizer(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from the edge that takes a block to the earliest edge that can transfer its result."""
+        """Cycles from the edge that takes a block to the earliest edge that can transfer its result: one
+        per cut and the output register."""
         return self._pipeline_stages + 1
 
     def _decode_scale(self, m, code, name):
-        """A UE4M3 scale as (significand, exponent) normalised for round_ratio, its decoded form, and
-        whether it is zero."""
+        """A UE4M3 scale decoded. Each stage that needs the scale decodes its code again: the 8-bit code
+        is what the cuts register, not the wider decoded form."""
         m.submodules[name] = decoder = Decoder(format=UE4M3)
         m.d.comb += decoder.code.eq(code)
+        return decoder.decoded
+
+    def _normalized_scale(self, m, decoded, name):
+        """A decoded UE4M3 scale as (significand, exponent) normalised for round_ratio's division."""
         exponent = Signal(signed(6), name=f"{name}_e")
-        m.d.comb += exponent.eq(decoder.decoded.exponent - (UE4M3.bias + UE4M3.mantissa_bits))
-        significand, exponent = normalize(m, decoder.decoded.significand, exponent, f"{name}_n")
-        return significand, exponent, decoder.decoded, decoder.decoded.zero
+        m.d.comb += exponent.eq(decoded.exponent - (UE4M3.bias + UE4M3.mantissa_bits))
+        return normalize(m, decoded.significand, exponent, f"{name}_n")
 
     def _scaled_magnitude(self, m, scale, fmt, code, width, lsb_shift, name):
         """|scale * element| as an integer of ``width`` bits, ``lsb_shift`` above the product of the two
@@ -136,7 +159,8 @@ class ActivationQuantizer(wiring.Component):
         m = Module()
         B = self._block_size
         pipeline = StallPipeline(m, self.i, self.o)
-        enable, cut = pipeline.enable, pipeline.cut
+        enable = pipeline.enable
+        cuts = set(CUTS[:self._pipeline_stages])
 
         # Configuration registers and the sensitivity table (one row of B codes per block position).
         scale_exponent = Signal(signed(8))
@@ -147,7 +171,14 @@ class ActivationQuantizer(wiring.Component):
         write = table.write_port()
         m.d.comb += [write.addr.eq(self.config.table_row), write.data.eq(self.config.table_data),
                      write.en.eq(self.config.table_write)]
-        read = table.read_port(domain="comb")
+        # With a cut, the table's read is synchronous and enabled with the pipeline: it stands in for the
+        # first cut's register of the codes (same edge, same old-data-on-write rule, held while stalled),
+        # so the table can be a block RAM and its read leaves the first stage.
+        if cuts:
+            read = table.read_port(domain="sync", transparent_for=())
+            m.d.comb += read.en.eq(enable)
+        else:
+            read = table.read_port(domain="comb")
 
         # The block's position in its reduction (same rule as the dot unit: first, or after a last).
         in_reduction = Signal()
@@ -162,8 +193,27 @@ class ActivationQuantizer(wiring.Component):
             with m.If(~start & (position >= self._rows)):
                 m.d.sync += self.table_overflow.eq(1)
 
-        # Stage 1: BF16 decode, x' = x * 2**-k as (significand, exponent), amax', both scales.
+        # What is in flight travels in one dict, registered whole at each cut P places. T travels with its
+        # block, so a register write while blocks are in flight applies to later blocks only, for k and T
+        # alike. The sensitivity codes join it behind the first cut (the synchronous read).
+        live = {"first": self.i.payload.first, "last": self.i.payload.last, "threshold": threshold}
+        if self._passthrough is not None:
+            live["passthrough"] = self.i.payload.passthrough.as_value()
+        valid = self.i.valid
+        codes_read = [read.data[i] for i in range(B)]
+        if not cuts:
+            live["f"] = codes_read
+
+        def cut(name):
+            nonlocal valid, live
+            if name in cuts:
+                valid, live = _register(pipeline, valid, live)
+                if name == next(c for c in _DATAFLOW if c in cuts):
+                    live["f"] = codes_read
+
+        # BF16 decode, x' = x * 2**-k as (significand, exponent), amax'.
         elements = []
+        amax_candidates = []
         for i in range(B):
             bits = self.i.payload.values[i]
             exponent_field, mantissa, sign = bits[7:15], bits[:7], bits[15]
@@ -176,137 +226,150 @@ class ActivationQuantizer(wiring.Component):
             nan = Signal(name=f"x{i}_nan")
             inf = Signal(name=f"x{i}_inf")
             m.d.comb += [nan.eq(nonfinite & mantissa.any()), inf.eq(nonfinite & ~mantissa.any())]
-            elements.append((sign, significand, exponent, nan, inf))
-
-        # amax' over finite elements: BF16 subnormals share the smallest normal exponent, so comparing
-        # (exponent, significand) lexicographically orders magnitudes.
-        candidates = []
-        for i, (sign, significand, exponent, nan, inf) in enumerate(elements):
             finite_sig = Signal(8, name=f"x{i}_fsig")
             m.d.comb += finite_sig.eq(Mux(nan | inf, 0, significand))
-            candidates.append((finite_sig, exponent))
-        level = 0
-        while len(candidates) > 1:
-            paired = []
-            for k in range(0, len(candidates) - 1, 2):
-                (sa, ea), (sb, eb) = candidates[k], candidates[k + 1]
-                a_larger = (sb == 0) | ((sa != 0) & ((ea > eb) | ((ea == eb) & (sa >= sb))))
-                s = Signal(8, name=f"amax_l{level}_{k // 2}_sig")
-                e = Signal(signed(11), name=f"amax_l{level}_{k // 2}_exp")
-                m.d.comb += [s.eq(Mux(a_larger, sa, sb)), e.eq(Mux(a_larger, ea, eb))]
-                paired.append((s, e))
-            if len(candidates) % 2:
-                paired.append(candidates[-1])
-            candidates = paired
-            level += 1
-        amax_sig, amax_exp = normalize(m, candidates[0][0], candidates[0][1], "amax")
-        s4 = round_ratio(m, amax_sig, amax_exp, Const(_SCALE_6[0], 4), Const(_SCALE_6[1], signed(3)), UE4M3, "s4")
-        s8 = round_ratio(m, amax_sig, amax_exp, Const(_SCALE_448[0], 4), Const(_SCALE_448[1], signed(4)),
-                         UE4M3, "s8")
-        has_inf = Cat(e[4] for e in elements).any()
+            amax_candidates.append((finite_sig, exponent))
+            norm_sig, norm_exp = normalize(m, finite_sig, exponent, f"x{i}_n")
+            elements.append({"sign": sign, "sig": norm_sig, "exp": norm_exp, "nan": nan, "inf": inf})
+        # BF16 subnormals share the smallest normal exponent, so comparing (exponent, significand)
+        # lexicographically orders magnitudes.
+        amax_sig, amax_exp = _tree(amax_candidates, lambda a, b, name: _larger_magnitude(m, a, b, name), "amax_l")
+        has_inf = Signal(name="has_inf")
         forced = Signal()
-        m.d.comb += forced.eq(Cat(e[3] | e[4] for e in elements).any())
+        m.d.comb += [has_inf.eq(Cat(e["inf"] for e in elements).any()),
+                     forced.eq(Cat(e["nan"] | e["inf"] for e in elements).any())]
+        live.update(elements=elements, amax_sig=amax_sig, amax_exp=amax_exp, has_inf=has_inf, forced=forced)
+        cut("amax")
+
+        # Both scales, RNE(amax' / 6) and RNE(amax' / 448), their divisions split in three.
+        amax_sig, amax_exp = normalize(m, live.pop("amax_sig"), live.pop("amax_exp"), "amax")
+        scales = {}
+        for name, (den_sig, den_exp) in (("s4", _SCALE_6), ("s8", _SCALE_448)):
+            den_exp = Const(den_exp, signed(4))
+            scales[name] = {"base": ratio_base(m, amax_exp, den_exp, UE4M3, name),
+                            **_start_division(m, amax_sig, 4, name)}
+        live.update(scales=scales, amax=amax_sig)
+        for positions, name in _QUOTIENT_CHUNKS:
+            for key, (den_sig, _) in (("s4", _SCALE_6), ("s8", _SCALE_448)):
+                live["scales"][key] = _divide_chunk(m, live["amax"], live["scales"][key], Const(den_sig, 4),
+                                                    positions, key)
+            cut(f"scale_{name}")
+        scales, amax_sig = live.pop("scales"), live.pop("amax")
+        zero = Signal(name="amax_zero")
+        m.d.comb += zero.eq(amax_sig == 0)
+        s4 = round_quotient(m, Cat(*scales["s4"]["bits"]), scales["s4"]["partial"], scales["s4"]["base"], zero,
+                            UE4M3, "s4")
+        s8 = round_quotient(m, Cat(*scales["s8"]["bits"]), scales["s8"]["partial"], scales["s8"]["base"], zero,
+                            UE4M3, "s8")
         s8_used = Signal(8, name="s8_used")
-        m.d.comb += s8_used.eq(Mux(has_inf, _UE4M3_448, s8))
+        m.d.comb += s8_used.eq(Mux(live.pop("has_inf"), _UE4M3_448, s8))
+        live.update(s4=s4, s8_used=s8_used)
+        cut("scales")
 
-        # T travels with its block, so a register write while blocks are in flight applies to later
-        # blocks only, for k and T alike.
-        passthrough = [threshold]
-        if self._passthrough is not None:
-            passthrough.append(self.i.payload.passthrough.as_value())
-        stage1 = [s4, s8_used, forced, self.i.payload.first, self.i.payload.last, *passthrough]
-        for i, (sign, significand, exponent, nan, inf) in enumerate(elements):
-            norm_sig, norm_exp = normalize(m, Mux(nan | inf, 0, significand), exponent, f"x{i}_n")
-            stage1 += [sign, norm_sig, norm_exp, nan, inf]
-        f_codes = [Signal(8, name=f"f{i}") for i in range(B)]
-        m.d.comb += [f.eq(read.data[i]) for i, f in enumerate(f_codes)]
-        stage1 += f_codes
-        valid, flat = cut(self.i.valid, stage1, self._pipeline_stages >= 1)
-        (s4, s8_used, forced, first, last), passthrough = flat[:5], flat[5:5 + len(passthrough)]
-        flat = flat[5 + len(passthrough):]
-        per_element = flat[:5 * B]
-        f_codes = flat[5 * B:]
-
-        # Stage 2: both candidates per element, and |D| = |s4*q4 - s8*q8| * 2**18.
-        s4_sig, s4_exp, s4_decoded, s4_zero = self._decode_scale(m, s4, "s4_dec")
-        s8_sig, s8_exp, s8_decoded, s8_zero = self._decode_scale(m, s8_used, "s8_dec")
-        q4_codes, q8_codes, deltas = [], [], []
-        for i in range(B):
-            sign, sig, exp, nan, inf = per_element[5 * i: 5 * i + 5]
-            q4_mag = round_ratio(m, sig, exp, s4_sig, s4_exp, E2M1, f"q4_{i}")
-            q8_mag = round_ratio(m, sig, exp, s8_sig, s8_exp, E4M3, f"q8_{i}")
+        # Both candidates per element: x' / s rounded to E2M1 and E4M3, the divisions split in three.
+        s4_sig, s4_exp = self._normalized_scale(m, self._decode_scale(m, live["s4"], "s4_dec"), "s4_dec")
+        s8_sig, s8_exp = self._normalized_scale(m, self._decode_scale(m, live["s8_used"], "s8_dec"), "s8_dec")
+        live["divisors"] = (s4_sig, s8_sig)
+        for i, element in enumerate(live["elements"]):
+            element["base4"] = ratio_base(m, element["exp"], s4_exp, E2M1, f"q4_{i}")
+            element["base8"] = ratio_base(m, element.pop("exp"), s8_exp, E4M3, f"q8_{i}")
+            element["div4"] = _start_division(m, element["sig"], 4, f"q4_{i}")
+            element["div8"] = _start_division(m, element["sig"], 4, f"q8_{i}")
+        for positions, name in _QUOTIENT_CHUNKS:
+            s4_sig, s8_sig = live["divisors"]
+            for i, element in enumerate(live["elements"]):
+                element["div4"] = _divide_chunk(m, element["sig"], element["div4"], s4_sig, positions, f"q4_{i}")
+                element["div8"] = _divide_chunk(m, element["sig"], element["div8"], s8_sig, positions, f"q8_{i}")
+            cut(name)
+        del live["divisors"]
+        s4_zero = self._decode_scale(m, live["s4"], "s4_dec_zero").zero
+        s8_zero = self._decode_scale(m, live["s8_used"], "s8_dec_zero").zero
+        q4_codes, q8_codes = [], []
+        for i, element in enumerate(live.pop("elements")):
+            zero = Signal(name=f"x{i}_zero")
+            m.d.comb += zero.eq(element["sig"] == 0)
+            q4_mag = round_quotient(m, Cat(*element["div4"]["bits"]), element["div4"]["partial"], element["base4"],
+                                    zero, E2M1, f"q4_{i}")
+            q8_mag = round_quotient(m, Cat(*element["div8"]["bits"]), element["div8"]["partial"], element["base8"],
+                                    zero, E4M3, f"q8_{i}")
             q4 = Signal(4, name=f"q4_{i}")
             q8 = Signal(8, name=f"q8_{i}")
-            m.d.comb += [q4.eq(Mux(s4_zero, 0, Cat(q4_mag, sign))),
-                         q8.eq(Mux(s8_zero, 0, Cat(q8_mag, sign)))]
-            with m.If(inf):
-                m.d.comb += q8.eq(Cat(Const(_UE4M3_448, 7), sign))
-            with m.If(nan):
+            m.d.comb += [q4.eq(Mux(s4_zero, 0, Cat(q4_mag, element["sign"]))),
+                         q8.eq(Mux(s8_zero, 0, Cat(q8_mag, element["sign"])))]
+            with m.If(element["inf"]):
+                m.d.comb += q8.eq(Cat(Const(_UE4M3_448, 7), element["sign"]))
+            with m.If(element["nan"]):
                 m.d.comb += q8.eq(_E4M3_NAN)
-            # Both at LSB 2**-18: s4 * q4 is at 2**-10 before the shift by 8, s8 * q8 at 2**-18. Only |D|
-            # is scored, and q4 and q8 both carry the element's sign or are zero, so |D| is the distance
-            # of the magnitudes (a NaN's q8 has no sign, but its block is forced to FP8, score unused).
-            p4 = self._scaled_magnitude(m, s4_decoded, E2M1, q4, 31, 8, f"p4_{i}")
-            p8 = self._scaled_magnitude(m, s8_decoded, E4M3, q8, 37, 0, f"p8_{i}")
-            delta = Signal(37, name=f"d{i}")
-            m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
             q4_codes.append(q4)
             q8_codes.append(q8)
-            deltas.append(delta)
-        stage2 = [s4, s8_used, forced, first, last, *passthrough, *q4_codes, *q8_codes, *deltas, *f_codes]
-        valid, flat = cut(valid, stage2, self._pipeline_stages >= 2)
-        (s4, s8_used, forced, first, last), passthrough = flat[:5], flat[5:5 + len(passthrough)]
-        flat = flat[len(passthrough):]
-        q4_codes, q8_codes = flat[5:5 + B], flat[5 + B:5 + 2 * B]
-        deltas, f_codes = flat[5 + 2 * B:5 + 3 * B], flat[5 + 3 * B:]
+        live.update(q4=q4_codes, q8=q8_codes)
+        cut("codes")
 
-        # Stage 3: score terms F * Δ̂² as (mantissa, exponent) pairs.
-        terms = []
+        # |D| = |s4*q4 - s8*q8| * 2**18, both products at LSB 2**-18: s4 * q4 is at 2**-10 before the shift
+        # by 8, s8 * q8 at 2**-18. Only |D| is scored, and q4 and q8 both carry the element's sign or are
+        # zero, so |D| is the distance of the magnitudes (a NaN's q8 has no sign, but its block is forced
+        # to FP8, score unused).
+        s4_decoded = self._decode_scale(m, live["s4"], "s4_dec_value")
+        s8_decoded = self._decode_scale(m, live["s8_used"], "s8_dec_value")
+        deltas = []
         for i in range(B):
-            magnitude = deltas[i]
+            p4 = self._scaled_magnitude(m, s4_decoded, E2M1, live["q4"][i], 31, 8, f"p4_{i}")
+            p8 = self._scaled_magnitude(m, s8_decoded, E4M3, live["q8"][i], 37, 0, f"p8_{i}")
+            delta = Signal(37, name=f"d{i}")
+            m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
+            deltas.append(delta)
+        live["deltas"] = deltas
+        cut("perturbations")
+
+        # Score terms F * Δ̂² as (mantissa, exponent) pairs: Δ̂ first, then its square, then F.
+        truncated = []
+        for i, magnitude in enumerate(live.pop("deltas")):
             msb = leading_one(m, magnitude, f"dm{i}")
             shift = Signal(range(26), name=f"dm{i}_shift")
             m.d.comb += shift.eq(Mux(msb >= _DELTA_BITS, msb - (_DELTA_BITS - 1), 0))
             mantissa = Signal(_DELTA_BITS, name=f"dm{i}_m")
             m.d.comb += mantissa.eq(magnitude >> shift)
+            truncated.append((mantissa, shift))
+        live["truncated"] = truncated
+        cut("delta_hat")
+        live["squares"] = [(square(m, mantissa, f"dm{i}"), shift)
+                           for i, (mantissa, shift) in enumerate(live.pop("truncated"))]
+        cut("square")
+        terms = []
+        for i, (squared, shift) in enumerate(live.pop("squares")):
             m.submodules[f"f{i}_dec"] = f_dec = Decoder(format=UE4M3)
-            m.d.comb += f_dec.code.eq(f_codes[i])
+            m.d.comb += f_dec.code.eq(live["f"][i])
             term_mantissa = Signal(28, name=f"tm{i}")
             term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
-            m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * square(m, mantissa, f"dm{i}")),
+            m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * squared),
                          term_exponent.eq(2 * shift + f_dec.decoded.exponent - 1)]
-            terms += [term_mantissa, term_exponent]
-        stage3 = [s4, s8_used, forced, first, last, *passthrough, *q4_codes, *q8_codes, *terms]
-        valid, flat = cut(valid, stage3, self._pipeline_stages >= 3)
-        (s4, s8_used, forced, first, last), passthrough = flat[:5], flat[5:5 + len(passthrough)]
-        flat = flat[len(passthrough):]
-        q4_codes, q8_codes, terms = flat[5:5 + B], flat[5 + B:5 + 2 * B], flat[5 + 2 * B:]
+            terms.append((term_mantissa, term_exponent))
+        del live["f"]
+        live["terms"] = terms
+        cut("terms")
 
-        # Final stage: window the terms below the largest one, sum, compare with T, choose, count.
-        threshold, passthrough = passthrough[0], passthrough[1:]
+        # Window the terms below the largest one (its leading position E), sum, compare with T.
         leading = []
-        for i in range(B):
-            tm, te = terms[2 * i], terms[2 * i + 1]
+        for i, (tm, te) in enumerate(live["terms"]):
             position = Signal(range(2 * 25 + 16 + 28), name=f"tl{i}")
             m.d.comb += position.eq(Mux(tm == 0, 0, leading_one(m, tm, f"tm{i}") + te))
             leading.append(position)
-        top = leading[0]
-        for k, position in enumerate(leading[1:]):
-            larger = Signal.like(top, name=f"top{k}")
-            m.d.comb += larger.eq(Mux(position > top, position, top))
-            top = larger
+        live["top"] = _tree(leading, lambda a, b, name: _larger(m, a, b, name), "top")
+        cut("top")
         units = []
-        for i in range(B):
-            tm, te = terms[2 * i], terms[2 * i + 1]
+        for i, (tm, te) in enumerate(live.pop("terms")):
             distance = Signal(range(2 * 25 + 16 + 28 + 1), name=f"ta{i}")  # E - te
-            m.d.comb += distance.eq(top - te)
+            m.d.comb += distance.eq(live["top"] - te)
             unit = Signal(_WINDOW_BITS + 1, name=f"tu{i}")
             m.d.comb += unit.eq((tm << _WINDOW_BITS) >> distance)
             units.append(unit)
         total = Signal(_WINDOW_BITS + 1 + (B - 1).bit_length(), name="score_units")
         m.d.comb += total.eq(sum(units))
+        live["total"] = total
+        cut("sum")
 
         # score = total * 2**(E - 85) against T = t_sig * 2**t_exp (FP32), exactly.
+        total, top, threshold = live["total"], live["top"], live["threshold"]
         t_field, t_mantissa = threshold[23:31], threshold[:23]
         t_sig = Signal(24, name="t_sig")
         m.d.comb += t_sig.eq(Cat(t_mantissa, t_field.any()))
@@ -333,15 +396,16 @@ class ActivationQuantizer(wiring.Component):
         with m.Else():
             m.d.comb += greater.eq(score_aligned > t_aligned)
         fp8 = Signal(name="choose_fp8")
-        m.d.comb += fp8.eq(forced | greater)
+        m.d.comb += fp8.eq(live["forced"] | greater)
 
         with m.If(enable):
-            m.d.sync += [self.o.valid.eq(valid), self.o.payload.first.eq(first), self.o.payload.last.eq(last),
-                         self.o.payload.block.fp8.eq(fp8), self.o.payload.block.scale.eq(Mux(fp8, s8_used, s4))]
+            m.d.sync += [self.o.valid.eq(valid), self.o.payload.first.eq(live["first"]),
+                         self.o.payload.last.eq(live["last"]), self.o.payload.block.fp8.eq(fp8),
+                         self.o.payload.block.scale.eq(Mux(fp8, live["s8_used"], live["s4"]))]
             for i in range(B):
-                m.d.sync += self.o.payload.block.codes[i].eq(Mux(fp8, q8_codes[i], q4_codes[i]))
-            if passthrough:
-                m.d.sync += self.o.payload.passthrough.eq(passthrough[0])
+                m.d.sync += self.o.payload.block.codes[i].eq(Mux(fp8, live["q8"][i], live["q4"][i]))
+            if self._passthrough is not None:
+                m.d.sync += self.o.payload.passthrough.eq(live["passthrough"])
         with m.If(self.o.valid & self.o.ready):
             with m.If(self.o.payload.block.fp8):
                 m.d.sync += self.fp8_blocks.eq(self.fp8_blocks + (self.fp8_blocks != 0xFFFFFFFF))
@@ -350,3 +414,75 @@ class ActivationQuantizer(wiring.Component):
         with m.If(self.config.clear_counters):
             m.d.sync += [self.fp8_blocks.eq(0), self.nvfp4_blocks.eq(0), self.table_overflow.eq(0)]
         return m
+
+
+_DATAFLOW = ("amax", "scale_div3", "scale_div6", "scale_quotients", "scales", "div3", "div6", "quotients", "codes",
+             "perturbations", "delta_hat", "square", "terms", "top", "sum")
+# The restoring divisions' quotient bits (9, MSB first) in three chunks of three, and the cut after each.
+_QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
+
+
+def _start_division(m, num_sig, width, name):
+    """A round_ratio division of ``num_sig`` before its first quotient bit: the partial remainder (of the
+    divisor's ``width``) and no bits yet."""
+    partial = Signal(width, name=f"{name}_r{RATIO_QUOTIENT_BITS}")
+    m.d.comb += partial.eq(ratio_dividend(num_sig) >> RATIO_QUOTIENT_BITS)
+    return {"partial": partial, "bits": []}
+
+
+def _divide_chunk(m, num_sig, division, divisor, positions, name):
+    bits, partial = divide_steps(m, ratio_dividend(num_sig), divisor, division["partial"], positions, name)
+    return {**division, "partial": partial, "bits": bits + division["bits"]}
+
+
+def _larger_magnitude(m, a, b, name):
+    (sa, ea), (sb, eb) = a, b
+    a_larger = (sb == 0) | ((sa != 0) & ((ea > eb) | ((ea == eb) & (sa >= sb))))
+    s = Signal(8, name=f"{name}_sig")
+    e = Signal(signed(11), name=f"{name}_exp")
+    m.d.comb += [s.eq(Mux(a_larger, sa, sb)), e.eq(Mux(a_larger, ea, eb))]
+    return s, e
+
+
+def _larger(m, a, b, name):
+    larger = Signal.like(a, name=name)
+    m.d.comb += larger.eq(Mux(b > a, b, a))
+    return larger
+
+
+def _tree(values, pick, name):
+    """Reduce ``values`` pairwise with ``pick(a, b, name)`` in a balanced tree: log2(n) levels deep."""
+    level = 0
+    while len(values) > 1:
+        paired = [pick(values[k], values[k + 1], f"{name}{level}_{k // 2}") for k in range(0, len(values) - 1, 2)]
+        if len(values) % 2:
+            paired.append(values[-1])
+        values = paired
+        level += 1
+    return values[0]
+
+
+def _register(pipeline, valid, live):
+    """``pipeline.cut`` of a nested dict/list/tuple of values; returns the same structure, registered."""
+    leaves = []
+
+    def collect(node):
+        if isinstance(node, dict):
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                collect(value)
+        else:
+            leaves.append(node)
+
+    def rebuild(node, taken):
+        if isinstance(node, dict):
+            return {key: rebuild(value, taken) for key, value in node.items()}
+        if isinstance(node, (list, tuple)):
+            return type(node)(rebuild(value, taken) for value in node)
+        return next(taken)
+
+    collect(live)
+    valid, registered = pipeline.cut(valid, leaves, True)
+    return valid, rebuild(live, iter(registered))

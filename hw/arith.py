@@ -6,7 +6,8 @@ from amaranth import Cat, Const, Mux, Signal, signed
 
 from .formats import Format
 
-__all__ = ["leading_one", "normalize", "divide", "square", "round_ratio", "max_code"]
+__all__ = ["leading_one", "normalize", "divide", "divide_steps", "square", "round_ratio", "ratio_dividend",
+           "ratio_base", "round_quotient", "RATIO_QUOTIENT_BITS", "max_code"]
 
 
 def leading_one(m, value, name):
@@ -58,20 +59,28 @@ def divide(m, dividend, divisor, quotient_bits, name):
     One compare-and-subtract of the divisor's width per quotient bit gives quotient and remainder
     together. Yosys maps ``//`` and ``%`` to two separate dividers, each as wide as the dividend at every
     step, and leaves ABC to merge the pair (docs/hardware.md, the activation unit)."""
-    width = len(divisor)
-    partial = Signal(width, name=f"{name}_r{quotient_bits}")
+    partial = Signal(len(divisor), name=f"{name}_r{quotient_bits}")
     m.d.comb += partial.eq(dividend >> quotient_bits)
-    bits = []
-    for position in reversed(range(quotient_bits)):
-        trial = Cat(dividend[position] if position < len(dividend) else Const(0, 1), partial)
-        fits = Signal(name=f"{name}_q{position}")
-        m.d.comb += fits.eq(trial >= divisor)
-        partial = Signal(width, name=f"{name}_r{position}")
-        m.d.comb += partial.eq(Mux(fits, trial - divisor, trial))
-        bits.insert(0, fits)
+    bits, partial = divide_steps(m, dividend, divisor, partial, range(quotient_bits), name)
     quotient = Signal(quotient_bits, name=f"{name}_q")
     m.d.comb += quotient.eq(Cat(*bits))
     return quotient, partial
+
+
+def divide_steps(m, dividend, divisor, partial, positions, name):
+    """The restoring steps of ``divide`` for the quotient bits at ``positions`` (a range), from the
+    partial remainder left by the bits above them; returns (those quotient bits, LSB first, and the
+    partial remainder). A pipeline can register the partial remainder between two calls, so one
+    division spans several stages."""
+    bits = []
+    for position in reversed(positions):
+        trial = Cat(dividend[position] if position < len(dividend) else Const(0, 1), partial)
+        fits = Signal(name=f"{name}_q{position}")
+        m.d.comb += fits.eq(trial >= divisor)
+        partial = Signal(len(divisor), name=f"{name}_r{position}")
+        m.d.comb += partial.eq(Mux(fits, trial - divisor, trial))
+        bits.insert(0, fits)
+    return bits, partial
 
 
 def square(m, value, name):
@@ -87,30 +96,67 @@ def square(m, value, name):
     return result
 
 
+# round_ratio's quotient: the numerator significand shifted up by _RATIO_EXTRA, over the 4-bit denominator
+# significand, to RATIO_QUOTIENT_BITS bits.
+_RATIO_EXTRA = 4  # Q = num_sig * 16 // den_sig is 136..510
+RATIO_QUOTIENT_BITS = 9
+
+
 def round_ratio(m, num_sig, num_exp, den_sig, den_exp, fmt, name):
     """Magnitude code of RNE_fmt(n / d), saturating, for n = num_sig * 2**num_exp (num_sig 8 bits with its
     top bit set, or 0) and d = den_sig * 2**den_exp (den_sig 4 bits, top bit set).
 
     The quotient is formed to 9 bits plus a remainder, which covers the at most 4 significant bits, the
-    guard bit and the sticky bit every target format needs. A zero numerator gives code 0.
+    guard bit and the sticky bit every target format needs. A zero numerator gives code 0. The three
+    parts (``ratio_dividend`` divided by ``divide``/``divide_steps``, ``ratio_base``, ``round_quotient``)
+    are public so that a pipeline can place registers between them.
     """
+    quotient, remainder = divide(m, ratio_dividend(num_sig), den_sig, RATIO_QUOTIENT_BITS, name)
+    base = ratio_base(m, num_exp, den_exp, fmt, name)
+    zero = Signal(name=f"{name}_zero")
+    m.d.comb += zero.eq(num_sig == 0)
+    return round_quotient(m, quotient, remainder, base, zero, fmt, name)
+
+
+def ratio_dividend(num_sig):
+    return num_sig << _RATIO_EXTRA
+
+
+def _check_ratio_format(fmt):
     if not isinstance(fmt, Format) or fmt.significand_bits > 4:
         raise ValueError(f"round_ratio handles formats of at most 4 significand bits, not {fmt!r}")
+
+
+def _ratio_range(fmt):
+    """The bases below which every code is the same (shift >= 11: all quotient bits below the guard bit)
+    and above which every code saturates."""
     p = fmt.significand_bits
     emin = 1 - fmt.bias
-    extra = 4  # quotient bits below the numerator's LSB: Q = num_sig * 16 // den_sig is 136..510
-    quotient, remainder = divide(m, num_sig << extra, den_sig, 9, name)
-
-    # value = (Q + R/d) * 2**base, and the leading one of Q is at 7 + Q[8]. Every base <= lowest gives the
-    # same code (shift >= 11: all quotient bits below the guard bit), every base >= highest saturates, so
-    # the exponent arithmetic runs on base clamped to that range: a few bits, not the operands' width.
     lowest = emin - p - 11
     highest = emin + (max_code(fmt) >> (p - 1)) + 1 - 7
+    return lowest, highest, max(-lowest, highest + 9).bit_length() + 2
+
+
+def ratio_base(m, num_exp, den_exp, fmt, name):
+    """The exponent of round_ratio's quotient LSB, clamped to the few values that can change the code:
+    exponent arithmetic of a few bits, not the operands' width; it does not wait for the quotient."""
+    _check_ratio_format(fmt)
+    lowest, highest, exp_width = _ratio_range(fmt)
     unclamped = Signal(signed(max(len(num_exp), len(den_exp)) + 2), name=f"{name}_base_full")
-    m.d.comb += unclamped.eq(num_exp - den_exp - extra)
-    exp_width = max(-lowest, highest + 9).bit_length() + 2
+    m.d.comb += unclamped.eq(num_exp - den_exp - _RATIO_EXTRA)
     base = Signal(signed(exp_width), name=f"{name}_base")
     m.d.comb += base.eq(Mux(unclamped < lowest, lowest, Mux(unclamped > highest, highest, unclamped)))
+    return base
+
+
+def round_quotient(m, quotient, remainder, base, zero, fmt, name):
+    """The code of (quotient + remainder / d) * 2**base rounded to ``fmt`` (RNE, saturating); ``zero``: the
+    numerator was 0 (code 0)."""
+    _check_ratio_format(fmt)
+    p = fmt.significand_bits
+    emin = 1 - fmt.bias
+    _, _, exp_width = _ratio_range(fmt)
+    # value = (Q + R/d) * 2**base, and the leading one of Q is at 7 + Q[8].
     leading = Signal(signed(exp_width), name=f"{name}_e")  # exponent of the leading one
     m.d.comb += leading.eq(base + 7 + quotient[8])
     target = Signal(signed(exp_width), name=f"{name}_target")  # max(leading, emin)
@@ -137,7 +183,7 @@ def round_ratio(m, num_sig, num_exp, den_sig, den_exp, fmt, name):
     code_wide = Signal(signed(exp_width + p + 2), name=f"{name}_wide")
     m.d.comb += code_wide.eq(((target - emin) << (p - 1)) + rounded)
     code = Signal(fmt.magnitude_bits, name=f"{name}_code")
-    with m.If(num_sig == 0):
+    with m.If(zero):
         m.d.comb += code.eq(0)
     with m.Elif(code_wide > max_code(fmt)):
         m.d.comb += code.eq(max_code(fmt))

@@ -7,17 +7,20 @@ from amaranth.lib.wiring import In, Out
 
 from .actq import ActivationQuantizer, check_parameters
 from .dot import FORMATS, DotUnit, block_layout
+from .skid import SkidBuffer
 
 __all__ = ["Engine"]
 
 
 class Engine(wiring.Component):
-    """Activation quantization unit -> dot unit (docs/hardware.md, docs/interfaces.md).
+    """Activation quantization unit -> skid buffer -> dot unit (docs/hardware.md, docs/interfaces.md).
 
     Weights are pre-quantized FGMP blocks streamed next to the activations: each input transfer carries
     one BF16 activation block and the ``lanes`` weight blocks it meets. They ride through the activation
     unit's pipeline unchanged (its ``passthrough``), so both arrive at the dot unit on the same cycle;
-    a weight memory or buffer in front of this stream is the integrator's choice.
+    a weight memory or buffer in front of this stream is the integrator's choice. Both units stall their
+    whole pipeline on one enable, whose ready runs combinationally to their input; the skid buffer between
+    them registers the dot unit's ready, so no ready path crosses both units.
 
     Parameters (keyword-only): ``lanes``, ``block_size`` (16), ``max_channels`` (4096, the sensitivity
     table and so the longest reduction in elements), ``quantizer_stages`` (1) and ``dot_stages`` (1), the
@@ -36,6 +39,7 @@ class Engine(wiring.Component):
         weights = data.ArrayLayout(block_layout(FORMATS, block_size), lanes)
         self._quantizer = ActivationQuantizer(block_size=block_size, max_channels=max_channels,
                                               pipeline_stages=quantizer_stages, passthrough=weights)
+        self._skid = SkidBuffer(shape=self._dot.i.payload.shape())
         in_layout = data.StructLayout({"values": data.ArrayLayout(16, block_size), "weights": weights,
                                        "first": 1, "last": 1})
         super().__init__({
@@ -62,12 +66,13 @@ class Engine(wiring.Component):
     @property
     def latency(self):
         """Cycles from the edge that takes a reduction's last block to the earliest edge that can
-        transfer its results."""
-        return self._quantizer.latency + self._dot.latency
+        transfer its results: the activation unit's, the skid buffer's (1) and the dot unit's."""
+        return self._quantizer.latency + self._skid.latency + self._dot.latency
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.quantizer = quantizer = self._quantizer
+        m.submodules.skid = skid = self._skid
         m.submodules.dot = dot = self._dot
         m.d.comb += [
             quantizer.i.valid.eq(self.i.valid),
@@ -77,15 +82,16 @@ class Engine(wiring.Component):
             quantizer.i.payload.first.eq(self.i.payload.first),
             quantizer.i.payload.last.eq(self.i.payload.last),
             quantizer.config.eq(self.config),
-            dot.i.valid.eq(quantizer.o.valid),
-            quantizer.o.ready.eq(dot.i.ready),
-            dot.i.payload.activation.eq(quantizer.o.payload.block),
-            dot.i.payload.weights.eq(quantizer.o.payload.passthrough),
-            dot.i.payload.first.eq(quantizer.o.payload.first),
-            dot.i.payload.last.eq(quantizer.o.payload.last),
+            skid.i.valid.eq(quantizer.o.valid),
+            quantizer.o.ready.eq(skid.i.ready),
+            skid.i.payload.activation.eq(quantizer.o.payload.block),
+            skid.i.payload.weights.eq(quantizer.o.payload.passthrough),
+            skid.i.payload.first.eq(quantizer.o.payload.first),
+            skid.i.payload.last.eq(quantizer.o.payload.last),
             self.fp8_blocks.eq(quantizer.fp8_blocks),
             self.nvfp4_blocks.eq(quantizer.nvfp4_blocks),
             self.table_overflow.eq(quantizer.table_overflow),
         ]
+        wiring.connect(m, skid.o, dot.i)
         wiring.connect(m, dot.o, wiring.flipped(self.o))
         return m

@@ -11,6 +11,7 @@ import random
 import torch
 
 from fgmp.golden import quantize_activations
+from fgmp.hw.actq import MAX_PIPELINE_STAGES
 from fgmp.sim.actq import run_engine_bench, run_quantizer_bench
 from fgmp.sim.actq_stimuli import random_bf16, random_configs
 from fgmp.sim.runner import SIMULATORS
@@ -37,7 +38,7 @@ def test_bench_configurations_straddle_the_threshold():
 @pytest.mark.cocotb
 @pytest.mark.parametrize("simulator", SIMULATORS)
 def test_quantizer_bench(simulator, tmp_path_factory, bench_reports):
-    result = run_quantizer_bench({"max_channels": 64, "pipeline_stages": 2}, simulator,
+    result = run_quantizer_bench({"max_channels": 64, "pipeline_stages": MAX_PIPELINE_STAGES}, simulator,
                                  tmp_path_factory.mktemp("cocotb"), tokens=8, channels=64, rounds=6,
                                  idle=0.25, backpressure=0.3)
     report = result.report

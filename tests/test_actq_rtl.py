@@ -10,7 +10,10 @@ import torch
 
 from fgmp import golden
 from fgmp.hw import ActivationQuantizer
-from fgmp.sim.actq_stimuli import median_threshold, random_bf16
+from fgmp.hw.actq import MAX_PIPELINE_STAGES
+from amaranth.sim import Simulator
+
+from fgmp.sim.actq_stimuli import config_writes, median_threshold, random_bf16
 from rtl_ops import rtl_actq, rtl_actq_rounds
 
 B = 16
@@ -33,7 +36,7 @@ def _check_result(unit, x, config, result):
     return want
 
 
-@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3])
+@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3, MAX_PIPELINE_STAGES])
 def test_random_bf16_blocks_many_k_under_stalls(pipeline_stages):
     rng = random.Random(pipeline_stages)
     unit = ActivationQuantizer(max_channels=128, pipeline_stages=pipeline_stages)
@@ -106,12 +109,61 @@ def test_one_row_table_serves_every_block_of_a_reduction():
                                             sensitivities=as_seen))
 
 
+@pytest.mark.parametrize("pipeline_stages", range(MAX_PIPELINE_STAGES + 1))
+def test_full_rate_latency_at_every_depth(pipeline_stages):
+    """Blocks offered every cycle with the sink always ready: one is taken every cycle (II = 1), each
+    result leaves ``latency`` = P + 1 cycles after its block was taken, bit-exact (B = 2 keeps the
+    sixteen depths cheap)."""
+    rng = random.Random(pipeline_stages)
+    unit = ActivationQuantizer(block_size=2, max_channels=4, pipeline_stages=pipeline_stages)
+    assert unit.latency == pipeline_stages + 1
+    x = random_bf16(rng, (12, 4), nonfinite=0.02)
+    f = torch.tensor([rng.randrange(0x7F) for _ in range(4)], dtype=torch.uint8)
+    config = golden.ActivationConfig(scale_exponent=rng.randint(-4, 4),
+                                     threshold=median_threshold(x, f, 0, block_size=2), sensitivities=f)
+    want = golden.quantize_activations(x, config, block_size=2).blocks
+    bits = (x.view(torch.int16).to(torch.int32) & 0xFFFF).tolist()
+    layout, config_layout = unit.i.payload.shape(), unit.config.shape()
+    words = [layout.const({"values": bits[t][2 * b:2 * b + 2], "first": int(b == 0), "last": int(b == 1)})
+             for t in range(12) for b in range(2)]
+    taken, delivered = [], []
+
+    async def bench(ctx):
+        for write in config_writes(config, 2):
+            ctx.set(unit.config, config_layout.const(write))
+            await ctx.tick()
+        ctx.set(unit.o.ready, 1)
+        for cycle in range(len(words) + unit.latency + 4):
+            if cycle < len(words):
+                ctx.set(unit.i.valid, 1)
+                ctx.set(unit.i.payload, words[cycle])
+            else:
+                ctx.set(unit.i.valid, 0)
+            if ctx.get(unit.i.valid) and ctx.get(unit.i.ready):
+                taken.append(cycle)
+            if ctx.get(unit.o.valid):
+                block = ctx.get(unit.o.payload.block)
+                delivered.append((cycle, [int(c) for c in block.codes], int(block.scale), int(block.fp8)))
+            await ctx.tick()
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert taken == list(range(len(words)))
+    assert [d[0] for d in delivered] == [c + unit.latency for c in taken]
+    assert [d[1] for d in delivered] == want.codes.reshape(-1, 2).tolist()
+    assert [d[2] for d in delivered] == want.scales.reshape(-1).tolist()
+    assert [d[3] for d in delivered] == want.precision.reshape(-1).int().tolist()
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
     ({"block_size": 0}, ValueError, "Block size must be at least 1, not 0"),
     ({"max_channels": 0}, ValueError, "Maximum channels must be at least 1, not 0"),
     ({"max_channels": 40}, ValueError, "Maximum channels (40) must be a multiple of the block size (16)"),
     ({"max_channels": 64.0}, TypeError, "Maximum channels must be an integer, not 64.0"),
-    ({"pipeline_stages": 4}, ValueError, "Pipeline stages must be between 0 and 3, not 4"),
+    ({"pipeline_stages": MAX_PIPELINE_STAGES + 1}, ValueError,
+     f"Pipeline stages must be between 0 and {MAX_PIPELINE_STAGES}, not {MAX_PIPELINE_STAGES + 1}"),
     ({"pipeline_stages": "1"}, TypeError, "Pipeline stages must be an integer, not '1'"),
 ])
 def test_invalid_parameters(kwargs, error, message):

@@ -1,17 +1,23 @@
-"""The engine (activation quantization unit -> dot unit) in amaranth.sim against the golden engine: BF16
-activations and pre-quantized weights in, FP32 results out, bit for bit, under stalls."""
+"""The engine (activation quantization unit -> skid buffer -> dot unit) in amaranth.sim against the golden
+engine: BF16 activations and pre-quantized weights in, FP32 results out, bit for bit, under stalls; the
+skid buffer on its own."""
 
 import random
 
 import pytest
 import torch
+from amaranth.lib import data
+from amaranth.sim import Simulator
 
 from fgmp import golden
-from fgmp.hw import Engine
+from fgmp.hw import DotUnit, Engine
+from fgmp.hw.actq import MAX_PIPELINE_STAGES
+from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX_PIPELINE_STAGES
+from fgmp.hw.skid import SkidBuffer
 from rtl_ops import rtl_engine
 
 
-@pytest.mark.parametrize("quantizer_stages,dot_stages", [(0, 0), (1, 1), (3, 2)])
+@pytest.mark.parametrize("quantizer_stages,dot_stages", [(0, 0), (1, 1), (3, 2), (MAX_PIPELINE_STAGES, 1)])
 def test_engine_matches_golden_on_a_random_layer(quantizer_stages, dot_stages):
     torch.manual_seed(quantizer_stages)
     rng = random.Random(dot_stages)
@@ -31,7 +37,8 @@ def test_engine_matches_golden_on_a_random_layer(quantizer_stages, dot_stages):
     assert torch.equal(got, want)
     assert counters == [int(blocks.precision.sum()), int((~blocks.precision).sum())]
     assert 0 < counters[0] < tokens * channels // 16
-    assert unit.latency == (quantizer_stages + 1) + (dot_stages + 2)
+    dot_latency = DotUnit(lanes=lanes, max_blocks=channels // 16, pipeline_stages=dot_stages).latency
+    assert unit.latency == (quantizer_stages + 1) + 1 + dot_latency
 
 
 def test_engine_layer_output_applies_both_global_scales():
@@ -50,5 +57,67 @@ def test_engine_validates_its_parameters():
         Engine(lanes=0)
     with pytest.raises(ValueError, match=r"Maximum channels \(40\) must be a multiple of the block size \(16\)"):
         Engine(lanes=1, max_channels=40)
-    with pytest.raises(ValueError, match="Pipeline stages must be between 0 and 3, not 7"):
-        Engine(lanes=1, dot_stages=7)
+    with pytest.raises(ValueError, match=f"Pipeline stages must be between 0 and {DOT_MAX_PIPELINE_STAGES}, not "
+                                         f"{DOT_MAX_PIPELINE_STAGES + 1}"):
+        Engine(lanes=1, dot_stages=DOT_MAX_PIPELINE_STAGES + 1)
+    with pytest.raises(ValueError, match=f"Pipeline stages must be between 0 and {MAX_PIPELINE_STAGES}, not "
+                                         f"{MAX_PIPELINE_STAGES + 1}"):
+        Engine(lanes=1, quantizer_stages=MAX_PIPELINE_STAGES + 1)
+
+
+def test_skid_buffer_passes_every_transfer_once_in_order_with_a_registered_ready():
+    """Random valid and ready: every word comes out once, in order, the stream protocol holds on both
+    sides, ``i.ready`` never follows ``o.ready`` within a cycle, and with both sides always ready one word
+    passes per cycle, one cycle after it was taken."""
+    dut = SkidBuffer(shape=16)
+    assert dut.latency == 1
+    rng = random.Random(3)
+    received, taken_at, delivered_at = [], [], []
+
+    async def bench(ctx):
+        sent, held, offered = 0, None, False
+        for cycle in range(1200):
+            full_rate = cycle >= 1000
+            if not offered and cycle < 1190 and (full_rate or rng.random() < 0.7):
+                offered = True
+            ctx.set(dut.i.valid, offered)
+            ctx.set(dut.i.payload, sent)
+            ready = full_rate or cycle >= 900 or rng.random() < 0.6
+            ctx.set(dut.o.ready, not ready)
+            before = ctx.get(dut.i.ready)
+            ctx.set(dut.o.ready, ready)
+            assert ctx.get(dut.i.ready) == before, "i.ready follows o.ready combinationally"
+            i_ready, o_valid, payload = ctx.get(dut.i.ready), ctx.get(dut.o.valid), ctx.get(dut.o.payload)
+            if held is not None:
+                assert o_valid and payload == held, "o dropped valid or changed its payload while stalled"
+            held = payload if o_valid and not ready else None
+            await ctx.tick()
+            if offered and i_ready:
+                taken_at.append(cycle)
+                sent, offered = sent + 1, False
+            if o_valid and ready:
+                received.append(payload)
+                delivered_at.append(cycle)
+        assert not ctx.get(dut.o.valid)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert received == list(range(len(taken_at)))
+    assert len(received) > 600
+    full_rate = [c for c in taken_at if c >= 1010]
+    assert full_rate == list(range(1010, 1010 + len(full_rate))) and len(full_rate) > 150
+    assert all(delivered_at[taken_at.index(c)] == c + dut.latency for c in full_rate)
+
+
+@pytest.mark.parametrize("shape,error,message", [
+    (0, ValueError, "Payload shape must be at least 1 bit wide, not 0"),
+    (data.StructLayout({}), ValueError, "Payload shape must be at least 1 bit wide, not 0"),
+    ("8", TypeError, "Payload shape must be a shape-like object, not '8'"),
+    (1.5, TypeError, "Payload shape must be a shape-like object, not 1.5"),
+])
+def test_skid_buffer_validates_its_shape(shape, error, message):
+    with pytest.raises(error) as info:
+        SkidBuffer(shape=shape)
+    assert str(info.value) == message
