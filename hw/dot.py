@@ -15,8 +15,8 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "bl
 
 # Where the register cuts go, in the order a deeper pipeline adds them (docs/interfaces.md): depth P takes
 # the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
-CUTS = ("tree", "products", "term", "convert_lod", "accumulate", "convert_shift", "term_multiply", "tree_mid",
-        "decode", "convert_magnitude", "element_multiply")
+CUTS = ("tree", "products", "term", "convert_lod", "convert_round", "accumulate", "convert_shift", "term_multiply",
+        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply")
 MAX_PIPELINE_STAGES = len(CUTS)
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
@@ -334,7 +334,7 @@ class DotUnit(wiring.Component):
         return lanes, control
 
     def _products(self, m, stage, valid, lanes, control):
-        """Element products of every lane and path: significand product, alignment shift, sign."""
+        """Element products of every lane and path: signed significand product, then the alignment shift."""
         multiplied = []
         for lane, by_path in enumerate(lanes):
             per_path = {}
@@ -342,11 +342,13 @@ class DotUnit(wiring.Component):
                 operands, scale = by_path[path.prefix]
                 elements = []
                 for i, (xs, xsig, xexp, ws, wsig, wexp) in enumerate(operands):  # (a, b): activation, weight
-                    significand = Signal(len(wsig) + len(xsig), name=f"{path.prefix}m{lane}_{i}")
+                    # Signed before the alignment shift: a negation as wide as the significand product,
+                    # not as the aligned one.
+                    magnitude = wsig * xsig
+                    significand = Signal(signed(len(wsig) + len(xsig) + 1), name=f"{path.prefix}m{lane}_{i}")
                     shift = Signal(range(path.max_shift + 1), name=f"{path.prefix}p{lane}_{i}_shift")
-                    sign = Signal(name=f"{path.prefix}p{lane}_{i}_sign")
-                    m.d.comb += [significand.eq(wsig * xsig), shift.eq(wexp + xexp - 2), sign.eq(ws ^ xs)]
-                    elements.append((significand, shift, sign))
+                    m.d.comb += [significand.eq(Mux(ws ^ xs, -magnitude, magnitude)), shift.eq(wexp + xexp - 2)]
+                    elements.append((significand, shift))
                 per_path[path.prefix] = (elements, scale)
             multiplied.append(per_path)
         valid, (multiplied, control) = stage("element_multiply", valid, (multiplied, control))
@@ -356,10 +358,9 @@ class DotUnit(wiring.Component):
             for path in self._paths:
                 elements, scale = per_path[path.prefix]
                 products = []
-                for i, (significand, shift, sign) in enumerate(elements):
+                for i, (significand, shift) in enumerate(elements):
                     product = Signal(signed(path.product_bits + 1), name=f"{path.prefix}p{lane}_{i}")
-                    magnitude = significand << shift
-                    m.d.comb += product.eq(Mux(sign, -magnitude, magnitude))
+                    m.d.comb += product.eq(significand << shift)
                     products.append(product)
                 by_path[path.prefix] = (products, scale)
             aligned.append(by_path)
@@ -397,27 +398,44 @@ class DotUnit(wiring.Component):
                        for lane, by_path in enumerate(values)], control
 
     def _terms(self, m, stage, valid, lanes, control):
-        """Block terms, block sum x scale significand product << scale shift, per lane and path."""
-        multiplied = []
+        """Block terms, block sum x scale significand product << scale shift, per lane and path. The
+        8-bit significand product multiplies as two 4-bit halves, so each half is a short sum of partial
+        products; the ``term_multiply`` cut sits between the halves and their sum, ``term_sum`` between
+        the sum and the shift."""
+        half_bits = _SCALE_SIGNIFICAND_BITS // 2
+        halves = []
         for lane, by_path in enumerate(lanes):
             per_path = {}
             for path in self._paths:
                 total, (significand, shift) = by_path[path.prefix]
-                product = Signal(signed(len(total) + _SCALE_SIGNIFICAND_BITS), name=f"{path.prefix}sp{lane}")
-                # Mixed signedness: Amaranth zero-extends the unsigned significand product before multiplying.
-                m.d.comb += product.eq(total * significand)
-                per_path[path.prefix] = (product, shift)
-            multiplied.append(per_path)
-        valid, (multiplied, control) = stage("term_multiply", valid, (multiplied, control))
-        terms = []
-        for lane, per_path in enumerate(multiplied):
+                parts = []
+                for k in range(2):
+                    part = Signal(signed(len(total) + half_bits + 1), name=f"{path.prefix}sp{lane}_{k}")
+                    # Mixed signedness: Amaranth zero-extends the unsigned half before multiplying.
+                    m.d.comb += part.eq(total * significand[k * half_bits:(k + 1) * half_bits])
+                    parts.append(part)
+                per_path[path.prefix] = (parts, shift)
+            halves.append(per_path)
+        valid, (halves, control) = stage("term_multiply", valid, (halves, control))
+        products = []
+        for lane, per_path in enumerate(halves):
             by_path = {}
             for path in self._paths:
-                product, shift = per_path[path.prefix]
+                (low, high), shift = per_path[path.prefix]
+                product = Signal(signed(len(low) + half_bits), name=f"{path.prefix}sp{lane}")
+                m.d.comb += product.eq(low + (high << half_bits))
+                by_path[path.prefix] = (product, shift)
+            products.append(by_path)
+        valid, (products, control) = stage("term_sum", valid, (products, control))
+        terms = []
+        for lane, by_path in enumerate(products):
+            per_path = {}
+            for path in self._paths:
+                product, shift = by_path[path.prefix]
                 term = Signal(signed(path.term_bits(self._block_size)), name=f"{path.prefix}term{lane}")
                 m.d.comb += term.eq(product << shift)
-                by_path[path.prefix] = term
-            terms.append(by_path)
+                per_path[path.prefix] = term
+            terms.append(per_path)
         return valid, terms, control
 
     def _accumulate(self, m, stage, enable, valid, state):
@@ -469,7 +487,12 @@ class DotUnit(wiring.Component):
         for lane, half in enumerate(carried["lanes"]):
             high = Signal(signed(width - low_bits), name=f"acc{lane}_hi")
             high_sum = Signal.like(high, name=f"acc{lane}_hi_next")
-            m.d.comb += high_sum.eq(Mux(carried["start"], 0, high) + half["high"] + half["carry"])
+            # The carry enters below the LSB (1 + carry carries exactly when carry is set), so the high
+            # half stays one carry chain instead of two adders in series.
+            with_carry = Signal(len(high) + 1, name=f"acc{lane}_hi_carry")
+            m.d.comb += [with_carry.eq(Cat(Const(1, 1), Mux(carried["start"], 0, high))
+                                       + Cat(half["carry"], half["high"])),
+                         high_sum.eq(with_carry[1:])]
             # Registered halves: the low register already holds this block's low sum, and is written
             # with the next block's only on this same edge.
             low = low_registers[lane] if cut else half["low"]
@@ -488,7 +511,8 @@ class DotUnit(wiring.Component):
 
     def _to_fp32(self, m, stage, valid, state):
         """RNE to FP32 of each sum x 2**accumulator_lsb_exponent (numerics §8.2), always normal or zero:
-        magnitude, leading-one detection, normalising shift and rounding, with a cut possible after each."""
+        magnitude, leading-one detection, normalising shift, round decision and increment, with a cut
+        possible after each."""
         width = self.accumulator_width
         padded_width = max(width, 25)  # so guard and sticky always exist
         magnitudes = []
@@ -502,34 +526,45 @@ class DotUnit(wiring.Component):
         for lane, lane_state in enumerate(magnitudes):
             msb = leading_one(m, lane_state["magnitude"], f"fp32_{lane}")
             nonzero = Signal(name=f"fp32_{lane}_nonzero")
-            m.d.comb += nonzero.eq(lane_state["magnitude"].any())
-            located.append({**lane_state, "msb": msb, "nonzero": nonzero})
+            # Shift and exponent from the leading one here, so the next stage starts shifting at once.
+            shift = Signal(range(padded_width), name=f"fp32_{lane}_shift")
+            exponent = Signal(8, name=f"fp32_{lane}_exp")  # before rounding
+            m.d.comb += [nonzero.eq(lane_state["magnitude"].any()), shift.eq(padded_width - 1 - msb),
+                         exponent.eq(msb + (127 + self.accumulator_lsb_exponent))]
+            located.append({**lane_state, "shift": shift, "exponent": exponent, "nonzero": nonzero})
         valid, (located, overflow) = stage("convert_lod", valid, (located, overflow))
 
         normalised = []
         for lane, lane_state in enumerate(located):
-            shift = Signal(range(padded_width), name=f"fp32_{lane}_shift")
-            m.d.comb += shift.eq(padded_width - 1 - lane_state["msb"])
             aligned = Signal(padded_width, name=f"fp32_{lane}_aligned")
-            m.d.comb += aligned.eq(lane_state["magnitude"] << shift)
-            normalised.append({"aligned": aligned, "msb": lane_state["msb"], "negative": lane_state["negative"],
+            m.d.comb += aligned.eq(lane_state["magnitude"] << lane_state["shift"])
+            normalised.append({"aligned": aligned, "exponent": lane_state["exponent"], "negative": lane_state["negative"],
                                "nonzero": lane_state["nonzero"], "nan": lane_state["nan"]})
         valid, (normalised, overflow) = stage("convert_shift", valid, (normalised, overflow))
 
-        results = []
+        rounding = []
         for lane, lane_state in enumerate(normalised):
             aligned = lane_state["aligned"]
             mantissa = aligned[padded_width - 24 : padded_width - 1]
             guard = aligned[padded_width - 25]
             sticky = aligned[: padded_width - 25].any()
-            round_up = guard & (sticky | mantissa[0])
-            rounded = Signal(24, name=f"fp32_{lane}_rounded")  # a carry out of the 23 mantissa bits lands in bit 23
-            m.d.comb += rounded.eq(mantissa + round_up)
-            exponent = Signal(8, name=f"fp32_{lane}_exp")
-            m.d.comb += exponent.eq(lane_state["msb"] + (127 + self.accumulator_lsb_exponent) + rounded[23])
+            round_up = Signal(name=f"fp32_{lane}_round_up")
+            m.d.comb += round_up.eq(guard & (sticky | mantissa[0]))
+            # Exponent and mantissa side by side: rounding up increments both at once, so a carry out of
+            # the mantissa moves the value into the next binade with a zero mantissa, as RNE requires.
+            unrounded = Signal(31, name=f"fp32_{lane}_unrounded")
+            m.d.comb += unrounded.eq(Cat(mantissa, lane_state["exponent"]))
+            rounding.append({"unrounded": unrounded, "round_up": round_up, "negative": lane_state["negative"],
+                             "nonzero": lane_state["nonzero"], "nan": lane_state["nan"]})
+        valid, (rounding, overflow) = stage("convert_round", valid, (rounding, overflow))
+
+        results = []
+        for lane, lane_state in enumerate(rounding):
+            magnitude = Signal(31, name=f"fp32_{lane}_magnitude_bits")
+            m.d.comb += magnitude.eq(lane_state["unrounded"] + lane_state["round_up"])
             bits = Signal(32, name=f"fp32_{lane}_bits")
             m.d.comb += bits.eq(Mux(lane_state["nan"], _CANONICAL_NAN,
-                                    Mux(lane_state["nonzero"], Cat(rounded[:23], exponent, lane_state["negative"]), 0)))
+                                    Mux(lane_state["nonzero"], Cat(magnitude, lane_state["negative"]), 0)))
             results.append(bits)
         return valid, results, overflow
 
