@@ -41,7 +41,7 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        skid = Signal.like(self.i.payload, name="skid")
+        skid_payload = Signal.like(self.i.payload)
         skid_valid = Signal()
         ready = Signal()  # init 0: not ready during reset, so nothing is offered into a register held in reset
         m.d.comb += self.i.ready.eq(ready)
@@ -51,13 +51,13 @@ class SkidBuffer(wiring.Component):
             # The output register empties this edge: it takes the skid entry first, else the input.
             m.d.comb += skid_valid_next.eq(0)
             with m.If(skid_valid):
-                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(skid)]
+                m.d.sync += [self.o.valid.eq(1), self.o.payload.eq(skid_payload)]
             with m.Else():
                 m.d.sync += [self.o.valid.eq(taken), self.o.payload.eq(self.i.payload)]
         with m.Else():
             # Stalled: a transfer on this edge (ready was high, so the skid entry is free) goes to the skid.
             m.d.comb += skid_valid_next.eq(skid_valid | taken)
             with m.If(taken):
-                m.d.sync += skid.eq(self.i.payload)
+                m.d.sync += skid_payload.eq(self.i.payload)
         m.d.sync += [skid_valid.eq(skid_valid_next), ready.eq(~skid_valid_next)]
         return m
