@@ -526,19 +526,20 @@ class DotUnit(wiring.Component):
         for lane, lane_state in enumerate(magnitudes):
             msb = leading_one(m, lane_state["magnitude"], f"fp32_{lane}")
             nonzero = Signal(name=f"fp32_{lane}_nonzero")
-            # Shift and exponent from the leading one here, so the next stage starts shifting at once.
-            shift = Signal(range(padded_width), name=f"fp32_{lane}_shift")
-            exponent = Signal(8, name=f"fp32_{lane}_exp")  # before rounding
-            m.d.comb += [nonzero.eq(lane_state["magnitude"].any()), shift.eq(padded_width - 1 - msb),
-                         exponent.eq(msb + (127 + self.accumulator_lsb_exponent))]
-            located.append({**lane_state, "shift": shift, "exponent": exponent, "nonzero": nonzero})
+            m.d.comb += nonzero.eq(lane_state["magnitude"].any())
+            located.append({**lane_state, "msb": msb, "nonzero": nonzero})
         valid, (located, overflow) = stage("convert_lod", valid, (located, overflow))
 
         normalised = []
         for lane, lane_state in enumerate(located):
+            # The leading one to the top bit: the magnitude placed at the top of a double-width word and
+            # shifted right by its own MSB position, so the shifter takes that position as it comes from
+            # the leading-one detector, with no subtraction in front of it.
             aligned = Signal(padded_width, name=f"fp32_{lane}_aligned")
-            m.d.comb += aligned.eq(lane_state["magnitude"] << lane_state["shift"])
-            normalised.append({"aligned": aligned, "exponent": lane_state["exponent"], "negative": lane_state["negative"],
+            m.d.comb += aligned.eq(Cat(Const(0, padded_width - 1), lane_state["magnitude"]) >> lane_state["msb"])
+            exponent = Signal(8, name=f"fp32_{lane}_exp")  # before rounding
+            m.d.comb += exponent.eq(lane_state["msb"] + (127 + self.accumulator_lsb_exponent))
+            normalised.append({"aligned": aligned, "exponent": exponent, "negative": lane_state["negative"],
                                "nonzero": lane_state["nonzero"], "nan": lane_state["nan"]})
         valid, (normalised, overflow) = stage("convert_shift", valid, (normalised, overflow))
 
