@@ -399,31 +399,33 @@ class DotUnit(wiring.Component):
 
     def _terms(self, m, stage, valid, lanes, control):
         """Block terms, block sum x scale significand product << scale shift, per lane and path. The
-        8-bit significand product multiplies as two 4-bit halves, so each half is a short sum of partial
-        products; the ``term_multiply`` cut sits between the halves and their sum, ``term_sum`` between
-        the sum and the shift."""
-        half_bits = _SCALE_SIGNIFICAND_BITS // 2
-        halves = []
+        8-bit significand product is written out as shift-and-add: each 2-bit quarter of the significand
+        selects two shifted copies of the block sum, and their sum is one carry chain with one logic
+        level in front (a ``*`` here became a multiplier three LUT levels deep before its carry chain
+        on the ECP5). The ``term_multiply`` cut sits after the quarters, ``term_sum`` after their sum
+        and before the shift."""
+        quarter_bits = 2
+        quarters = []
         for lane, by_path in enumerate(lanes):
             per_path = {}
             for path in self._paths:
                 total, (significand, shift) = by_path[path.prefix]
                 parts = []
-                for k in range(2):
-                    part = Signal(signed(len(total) + half_bits + 1), name=f"{path.prefix}sp{lane}_{k}")
-                    # Mixed signedness: Amaranth zero-extends the unsigned half before multiplying.
-                    m.d.comb += part.eq(total * significand[k * half_bits:(k + 1) * half_bits])
+                for k in range(_SCALE_SIGNIFICAND_BITS // quarter_bits):
+                    low, high = significand[quarter_bits * k], significand[quarter_bits * k + 1]
+                    part = Signal(signed(len(total) + quarter_bits), name=f"{path.prefix}sp{lane}_{k}")
+                    m.d.comb += part.eq(Mux(low, total, 0) + (Mux(high, total, 0) << 1))
                     parts.append(part)
                 per_path[path.prefix] = (parts, shift)
-            halves.append(per_path)
-        valid, (halves, control) = stage("term_multiply", valid, (halves, control))
+            quarters.append(per_path)
+        valid, (quarters, control) = stage("term_multiply", valid, (quarters, control))
         products = []
-        for lane, per_path in enumerate(halves):
+        for lane, per_path in enumerate(quarters):
             by_path = {}
             for path in self._paths:
-                (low, high), shift = per_path[path.prefix]
-                product = Signal(signed(len(low) + half_bits), name=f"{path.prefix}sp{lane}")
-                m.d.comb += product.eq(low + (high << half_bits))
+                (q0, q1, q2, q3), shift = per_path[path.prefix]
+                product = Signal(signed(len(q0) + 3 * quarter_bits), name=f"{path.prefix}sp{lane}")
+                m.d.comb += product.eq((q0 + (q1 << quarter_bits)) + ((q2 + (q3 << quarter_bits)) << 2 * quarter_bits))
                 by_path[path.prefix] = (product, shift)
             products.append(by_path)
         valid, (products, control) = stage("term_sum", valid, (products, control))
