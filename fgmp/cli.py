@@ -74,7 +74,9 @@ def _generate_actq(args):
 
 
 def build_parser():
+    from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX_STAGES
     from fgmp.hw.dot import DATAPATHS
+    from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX_STAGES
     from fgmp.sim.decoders import DECODER_FORMATS
 
     parser = argparse.ArgumentParser(prog="fgmp", description=__doc__)
@@ -94,7 +96,8 @@ def build_parser():
     dot.add_argument("--block-size", type=int, default=16, help="elements per block (default 16)")
     dot.add_argument("--max-blocks", type=int, default=1024,
                      help="longest reduction, in blocks, that stays exact (sets the accumulator width)")
-    dot.add_argument("--pipeline-stages", type=int, default=1, help="extra register cuts, 0..3 (default 1)")
+    dot.add_argument("--pipeline-stages", type=int, default=1,
+                     help=f"register cuts, 0..{DOT_MAX_STAGES}, placed in the order of docs/interfaces.md (default 1)")
     dot.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], default=["nvfp4", "fp8"],
                      help="element formats: both for FGMP, one for the single-precision baselines")
     dot.add_argument("--datapath", choices=DATAPATHS, default="shared",
@@ -111,12 +114,13 @@ def build_parser():
         unit = units.add_parser(name, help=help_text)
         if name == "engine":
             unit.add_argument("--lanes", type=int, default=4, help="dot-unit lanes (default 4)")
-            unit.add_argument("--dot-stages", type=int, default=1, help="dot-unit register cuts, 0..3")
+            unit.add_argument("--dot-stages", type=int, default=1,
+                              help=f"dot-unit register cuts, 0..{DOT_MAX_STAGES} (default 1)")
         unit.add_argument("--block-size", type=int, default=16)
         unit.add_argument("--max-channels", type=int, default=4096,
                           help="longest reduction in elements: the sensitivity table's size")
         unit.add_argument("--pipeline-stages", type=int, default=1,
-                          help="activation-unit register cuts, 0..3 (default 1)")
+                          help=f"activation-unit register cuts, 0..{ACTQ_MAX_STAGES} (default 1)")
         unit.add_argument("--name", help="Verilog module name")
         unit.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
         unit.add_argument("--no-lint", dest="lint", action="store_false")
