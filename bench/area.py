@@ -154,6 +154,9 @@ def main(argv=None):
                         help="leave the activation unit out of the area comparison (its Yosys runs take the longest)")
     parser.add_argument("--no-actq-timing", dest="actq_timing", action="store_false",
                         help="leave the activation unit and the engine out of place and route (the slowest points)")
+    parser.add_argument("--no-engine-timing", dest="engine_timing", action="store_false",
+                        help="leave the engine out of place and route (the activation unit and the 4-lane dot "
+                             "unit on one part: the slowest point of all)")
     parser.add_argument("--ice40", nargs="+", default=["ice40-up5k"], help="iCE40 parts of the FP4-only 1-lane unit")
     parser.add_argument("--ice40-stages", type=int, nargs="+", default=list(range(DOT_MAX + 1)),
                         help="depths of the FP4-only 1-lane unit on the iCE40 parts (default every depth)")
@@ -242,7 +245,7 @@ def _timing(args, log):
     if args.actq_timing:
         slow += [("actq", {"max_channels": args.max_channels, "pipeline_stages": p}) for p in args.actq_stages]
     goal = [dot(args.goal_lanes, p, "FGMP") for p in args.goal_stages] if args.goal_lanes != args.timing_lanes else []
-    if args.actq_timing:
+    if args.actq_timing and args.engine_timing:
         q, p = args.engine_stages
         slow += [("engine", {"lanes": args.engine_lanes, "max_channels": args.max_channels,
                              "quantizer_stages": q, "dot_stages": p})]
