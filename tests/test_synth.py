@@ -16,7 +16,8 @@ from fgmp.flow.area import check_targets, synthesize, synthesize_verilog
 from fgmp.flow.constraints import (check_frequency, check_sdc, harness_constraints, unit_constraints,
                                    verilog_ports)
 from fgmp.flow.sweep import VARIANTS, area_sweep
-from fgmp.flow.timing import check_fit, check_parts
+from fgmp.flow.groups import GROUP_RULES
+from fgmp.flow.timing import _critical_path, check_fit, check_parts
 from fgmp.flow.tools import DoesNotFit, FlowError
 from fgmp.flow.units import make_unit
 from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX
@@ -450,6 +451,31 @@ def test_throughput_per_area():
     r = _timing_result("FGMP dot L=1 P=3", "ecp5-85f", 3, 125.0, 5000, 16)
     assert r.gmacs == 2.0 and r.gmacs_per_klut == pytest.approx(0.4) and r.unit_lut4 == 5000
     assert r.as_dict()["gmacs_per_klut"] == pytest.approx(0.4)
+
+
+def _report(start, end, clock="posedge clk"):
+    path = [{"type": "clk-to-q", "delay": 0.5, "from": {"cell": start}, "to": {"cell": start}},
+            {"type": "setup", "delay": 0.1, "from": {"cell": end}, "to": {"cell": end}}]
+    return {"critical_paths": [{"from": "<async>", "to": clock, "path": path[:1]},
+                               {"from": clock, "to": clock, "path": path}]}
+
+
+@pytest.mark.parametrize("start, end, expected", [
+    # Cut registers are named after the value they hold; nextpnr appends its cell suffixes.
+    ("dut.x2_sig_q_TRELLIS_FF_Q", "dut.m3_2_q_TRELLIS_FF_Q_5", "decoders -> multipliers"),
+    ("dut.s0_sig_q_q_q_TRELLIS_FF_Q_3", "dut.sp0_0_q_TRELLIS_FF_Q_39", "scale path -> scale path"),
+    ("dut.final0_SB_DFFESR_Q_56_DFFLC", "dut.fp32_0_mag_q_SB_DFFESR_Q_1_D_SB_LUT4_O_LC",
+     "accumulator -> FP32 conversion"),
+    ("chain_TRELLIS_FF_Q_188", "dut.t0_l3_0_q_TRELLIS_FF_Q_40", "harness -> adder tree"),
+    ("dut.$229_TRELLIS_FF_Q", "dut.o__payload_TRELLIS_FF_Q_25", "control -> FP32 conversion"),
+])
+def test_critical_path_names_the_groups_of_its_end_registers(start, end, expected):
+    assert _critical_path(_report(start, end), GROUP_RULES["dot"]) == expected
+
+
+def test_critical_path_ignores_paths_that_are_not_register_to_register():
+    assert _critical_path(_report("dut.acc0_TRELLIS_FF_Q", "dut.acc0_TRELLIS_FF_Q", clock="<async>"),
+                          GROUP_RULES["dot"]) == ""
 
 
 def test_timing_table_plot_and_targets_status(tmp_path):

@@ -173,6 +173,9 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
     if reuse and (cached := load_cached(workdir, key)) is not None:
         cached["utilization"] = {k: tuple(v) for k, v in cached["utilization"].items()}
         cached.update(kind=unit.kind, latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
+        if (workdir / "report.json").is_file():  # named by today's rules, not those of the cached run
+            cached["critical_path"] = _critical_path(json.loads((workdir / "report.json").read_text()),
+                                                     GROUP_RULES[unit.kind])
         return TimingResult(**{k: cached[k] for k in TimingResult.__dataclass_fields__ if k in cached})
     unit_cells, harness_cells, bits = _synthesize(harness, verilog, part, workdir)
     check_fit(part_name, {k: unit_cells.get(k, 0) + harness_cells.get(k, 0) for k in unit_cells}, unit.label)
@@ -210,21 +213,27 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
 
 
 def _critical_path(report, rules):
-    """'<group> -> <group>' of the register-to-register critical path, from the first and last net names."""
+    """'<group> -> <group>' of the register-to-register critical path: the groups of the registers at its
+    two ends, named by the value they hold ("harness" for the harness's own)."""
     for path in report.get("critical_paths", []):
         if path["from"].startswith("posedge") and path["to"] == path["from"] and "$PACKER_" not in path["from"]:
-            nets = [step["net"] for step in path["path"] if step.get("net")]
-            if not nets:
+            if not path["path"]:
                 return ""
-            ends = []
-            for net in (nets[0], nets[-1]):
-                if not net.startswith("dut."):
-                    ends.append("harness")
-                    continue
-                name = re.match(r"[\w.]*", net[len("dut."):]).group(0)
-                ends.append(name_group(name, rules) or CONTROL)
+            ends = [_register_group(path["path"][0]["from"]["cell"], rules),
+                    _register_group(path["path"][-1]["to"]["cell"], rules)]
             return f"{ends[0]} -> {ends[1]}"
     return ""
+
+
+def _register_group(cell, rules):
+    """The group of a placed flip-flop: its cell name is the register's wire name plus what Yosys and
+    nextpnr append (``m0_1_q_TRELLIS_FF_Q_7``, ``final0_SB_DFFESR_Q_56_DFFLC``), and a pipeline cut's
+    register is the held value's name plus ``_q`` per cut it crosses, so the group is that value's."""
+    if not cell.startswith("dut."):
+        return "harness"
+    name = re.split(r"_TRELLIS_|_SB_|\$", cell[len("dut."):])[0]
+    name = re.sub(r"(_q)+$", "", re.sub(r"\[\d+\]$", "", name))
+    return name_group(name, rules) or CONTROL
 
 
 def check_fit(part_name, cells, label):
