@@ -17,6 +17,8 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 # The register cuts in the order the pipeline depth P places them: P cuts are CUTS[:P]. The first three
 # are the original ones; each later one splits the stage that was then estimated to be the longest (the
 # measured critical paths are in docs/hardware.md). Each name says what is registered, in dataflow order:
+#   unpack           the BF16 elements unpacked (significand, exponent - k, NaN/Inf), before the amax tree
+#   amax_mid         the amax tree after its first half of compare levels (2 of 4 at B = 16)
 #   amax             amax' found, before its normalisation and the scale roundings
 #   scale_div3/6     the scale divisions (amax' / 6 and / 448) after 3 and 6 of their 9 quotient bits
 #   scale_quotients  the scale quotients and remainders, before their rounding
@@ -31,7 +33,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   top              the largest term's position E, before the window and sum
 #   sum              the windowed sum, before the threshold compare
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
-        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6")
+        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -212,8 +214,7 @@ class ActivationQuantizer(wiring.Component):
                     live["f"] = codes_read
 
         # BF16 decode, x' = x * 2**-k as (significand, exponent), amax'.
-        elements = []
-        amax_candidates = []
+        unpacked = []
         for i in range(B):
             bits = self.i.payload.values[i]
             exponent_field, mantissa, sign = bits[7:15], bits[:7], bits[15]
@@ -228,17 +229,31 @@ class ActivationQuantizer(wiring.Component):
             m.d.comb += [nan.eq(nonfinite & mantissa.any()), inf.eq(nonfinite & ~mantissa.any())]
             finite_sig = Signal(8, name=f"x{i}_fsig")
             m.d.comb += finite_sig.eq(Mux(nan | inf, 0, significand))
-            amax_candidates.append((finite_sig, exponent))
-            norm_sig, norm_exp = normalize(m, finite_sig, exponent, f"x{i}_n")
-            elements.append({"sign": sign, "sig": norm_sig, "exp": norm_exp, "nan": nan, "inf": inf})
-        # BF16 subnormals share the smallest normal exponent, so comparing (exponent, significand)
-        # lexicographically orders magnitudes.
-        amax_sig, amax_exp = _tree(amax_candidates, lambda a, b, name: _larger_magnitude(m, a, b, name), "amax_l")
+            unpacked.append({"sign": sign, "fsig": finite_sig, "exp": exponent, "nan": nan, "inf": inf})
+        live["elements"] = unpacked
+        cut("unpack")
+
+        elements = []
+        amax_candidates = []
+        for i, element in enumerate(live.pop("elements")):
+            amax_candidates.append((element["fsig"], element["exp"]))
+            norm_sig, norm_exp = normalize(m, element["fsig"], element["exp"], f"x{i}_n")
+            elements.append({"sign": element["sign"], "sig": norm_sig, "exp": norm_exp, "nan": element["nan"],
+                             "inf": element["inf"]})
         has_inf = Signal(name="has_inf")
         forced = Signal()
         m.d.comb += [has_inf.eq(Cat(e["inf"] for e in elements).any()),
                      forced.eq(Cat(e["nan"] | e["inf"] for e in elements).any())]
-        live.update(elements=elements, amax_sig=amax_sig, amax_exp=amax_exp, has_inf=has_inf, forced=forced)
+        # BF16 subnormals share the smallest normal exponent, so comparing (exponent, significand)
+        # lexicographically orders magnitudes. The tree is cut after its first half of levels.
+        pick = lambda a, b, name: _larger_magnitude(m, a, b, name)  # noqa: E731
+        tree_levels = (B - 1).bit_length()
+        first_levels = (tree_levels + 1) // 2
+        live.update(elements=elements, has_inf=has_inf, forced=forced,
+                    amax_candidates=_tree_levels(amax_candidates, pick, "amax_l", 0, first_levels))
+        cut("amax_mid")
+        amax_sig, amax_exp = _tree_levels(live.pop("amax_candidates"), pick, "amax_l", first_levels, None)[0]
+        live.update(amax_sig=amax_sig, amax_exp=amax_exp)
         cut("amax")
 
         # Both scales, RNE(amax' / 6) and RNE(amax' / 448), their divisions split in three.
@@ -416,7 +431,7 @@ class ActivationQuantizer(wiring.Component):
         return m
 
 
-_DATAFLOW = ("amax", "scale_div3", "scale_div6", "scale_quotients", "scales", "div3", "div6", "quotients", "codes",
+_DATAFLOW = ("unpack", "amax_mid", "amax", "scale_div3", "scale_div6", "scale_quotients", "scales", "div3", "div6", "quotients", "codes",
              "perturbations", "delta_hat", "square", "terms", "top", "sum")
 # The restoring divisions' quotient bits (9, MSB first) in three chunks of three, and the cut after each.
 _QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
@@ -452,14 +467,20 @@ def _larger(m, a, b, name):
 
 def _tree(values, pick, name):
     """Reduce ``values`` pairwise with ``pick(a, b, name)`` in a balanced tree: log2(n) levels deep."""
-    level = 0
-    while len(values) > 1:
+    return _tree_levels(values, pick, name, 0, None)[0]
+
+
+def _tree_levels(values, pick, name, level, stop):
+    """Levels ``level`` up to ``stop`` (exclusive; None: to the root) of ``_tree``'s reduction: the list of
+    values left after them, so a cut can register a tree between its levels."""
+    values = list(values)
+    while len(values) > 1 and (stop is None or level < stop):
         paired = [pick(values[k], values[k + 1], f"{name}{level}_{k // 2}") for k in range(0, len(values) - 1, 2)]
         if len(values) % 2:
             paired.append(values[-1])
         values = paired
         level += 1
-    return values[0]
+    return values
 
 
 def _register(pipeline, valid, live):
