@@ -263,6 +263,22 @@ class DotUnit(wiring.Component):
         """[(activation element, weight element)] in ``path``'s operand formats, one pair per position."""
         return [x_forms[path.a] + w_forms[path.b] for x_forms, w_forms in zip(x_elements, w_elements)]
 
+    @staticmethod
+    def _multiplier_inputs(m, lane, path, operands):
+        """[(product sign, activation significand XOR that sign, weight significand, alignment shift)]
+        per position: what an element multiplier takes, so that it computes a signed product without a
+        negation after it (see ``_products``). The shared datapath makes these before the ``decode`` cut,
+        so each lane's multipliers start from registers of their own instead of a net broadcast to every
+        lane; the split datapath makes them after its held operand registers, so an idle path stays still."""
+        inputs = []
+        for i, (xs, xsig, xexp, ws, wsig, wexp) in enumerate(operands):  # (a, b): activation, weight
+            sign = Signal(name=f"{path.prefix}p{lane}_{i}_sign")
+            flipped = Signal(len(xsig), name=f"{path.prefix}p{lane}_{i}_xsig")
+            shift = Signal(range(path.max_shift + 1), name=f"{path.prefix}p{lane}_{i}_shift")
+            m.d.comb += [sign.eq(xs ^ ws), flipped.eq(xsig ^ sign.replicate(len(xsig))), shift.eq(wexp + xexp - 2)]
+            inputs.append((sign, flipped, wsig, shift))
+        return inputs
+
     def _hold_operands(self, m, load, lane, path, operands, scale):
         """The path's operand registers: loaded only when ``load`` (the lane's pair runs on this path),
         held otherwise, so the path's logic sees no new values in the cycles it is not used."""
@@ -295,7 +311,10 @@ class DotUnit(wiring.Component):
         x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8)
                      for i in range(self._block_size)]
         x_scale = self._decode_scale(m, "x_scale", payload.activation.scale)
-        x_nan = Cat(nan for _, nan in x_decoded).any() | x_scale.nan
+        # NaN flags per element, reduced after the decode cut (_nan_flags): an OR over every element of
+        # both blocks was the decode stage's longest path.
+        x_nan = Signal(self._block_size + 1, name="x_nan")
+        m.d.comb += x_nan.eq(Cat(*(nan for _, nan in x_decoded), x_scale.nan))
         lanes = []
         for lane in range(self._lanes):
             weights = payload.weights[lane]
@@ -305,10 +324,10 @@ class DotUnit(wiring.Component):
             w_scale = self._decode_scale(m, f"w{lane}_scale", weights.scale)
             scale_significand = Signal(_SCALE_SIGNIFICAND_BITS, name=f"s{lane}_sig")
             scale_shift = Signal(range(_SCALE_SHIFT_RANGE), name=f"s{lane}_shift")
-            nan = Signal(name=f"n{lane}")
+            nan = Signal(self._block_size + 1, name=f"w{lane}_nan")
             m.d.comb += [scale_significand.eq(w_scale.significand * x_scale.significand),
                          scale_shift.eq(w_scale.exponent + x_scale.exponent - 2),
-                         nan.eq(Cat(x_nan, *(n for _, n in w_decoded)).any() | w_scale.nan)]
+                         nan.eq(Cat(*(n for _, n in w_decoded), w_scale.nan))]
             # One select per path after the widest (the FP4 x FP4 one); none set: the widest path.
             selects = []
             if self._datapath != "shared":
@@ -317,8 +336,27 @@ class DotUnit(wiring.Component):
                 selects.append(narrow)
             lanes.append({"w": [forms for forms, _ in w_decoded], "scale": (scale_significand, scale_shift),
                           "nan": nan, "selects": selects})
-        return {"x": [forms for forms, _ in x_decoded], "lanes": lanes,
+        return {"x": [forms for forms, _ in x_decoded], "x_nan": x_nan, "lanes": lanes,
                 "first": payload.first, "last": payload.last}
+
+    @staticmethod
+    def _control(decoded):
+        """What travels beside the data from the decode stage: per lane its NaN flags and path selects,
+        the activation's NaN flags and the reduction markers."""
+        return {"lanes": [{"nan": s["nan"], "selects": s["selects"]} for s in decoded["lanes"]],
+                "x_nan": decoded["x_nan"], "first": decoded["first"], "last": decoded["last"]}
+
+    @staticmethod
+    def _nan_flags(m, control):
+        """``control`` with each lane's NaN flags and the activation's reduced to one flag per lane."""
+        x_nan = Signal(name="x_nan_any")
+        m.d.comb += x_nan.eq(control["x_nan"].any())
+        lanes = []
+        for lane, state in enumerate(control["lanes"]):
+            nan = Signal(name=f"n{lane}")
+            m.d.comb += nan.eq(x_nan | state["nan"].any())
+            lanes.append({**state, "nan": nan})
+        return {"lanes": lanes, "first": control["first"], "last": control["last"]}
 
     def _split_operands(self, m, enable, valid, decoded):
         """The split datapath's operand registers, which also make the decode cut: a path loads only in
@@ -326,12 +364,12 @@ class DotUnit(wiring.Component):
         lanes = []
         for lane, state in enumerate(decoded["lanes"]):
             loads = [~Cat(*state["selects"]).any(), *state["selects"]]
-            lanes.append({path.prefix: self._hold_operands(m, enable & valid & load, lane, path,
-                                                    self._operands(path, decoded["x"], state["w"]), state["scale"])
-                          for path, load in zip(self._paths, loads)})
-        control = {"lanes": [{"nan": s["nan"], "selects": s["selects"]} for s in decoded["lanes"]],
-                   "first": decoded["first"], "last": decoded["last"]}
-        return lanes, control
+            held = {path.prefix: self._hold_operands(m, enable & valid & load, lane, path,
+                                                     self._operands(path, decoded["x"], state["w"]), state["scale"])
+                    for path, load in zip(self._paths, loads)}
+            lanes.append({path.prefix: (self._multiplier_inputs(m, lane, path, held[path.prefix][0]),
+                                        held[path.prefix][1]) for path in self._paths})
+        return lanes, self._control(decoded)
 
     def _products(self, m, stage, valid, lanes, control):
         """Element products of every lane and path: signed significand product, then the alignment shift."""
@@ -341,13 +379,12 @@ class DotUnit(wiring.Component):
             for path in self._paths:
                 operands, scale = by_path[path.prefix]
                 elements = []
-                for i, (xs, xsig, xexp, ws, wsig, wexp) in enumerate(operands):  # (a, b): activation, weight
-                    # Signed before the alignment shift: a negation as wide as the significand product,
-                    # not as the aligned one.
-                    magnitude = wsig * xsig
-                    significand = Signal(signed(len(wsig) + len(xsig) + 1), name=f"{path.prefix}m{lane}_{i}")
-                    shift = Signal(range(path.max_shift + 1), name=f"{path.prefix}p{lane}_{i}_shift")
-                    m.d.comb += [significand.eq(Mux(ws ^ xs, -magnitude, magnitude)), shift.eq(wexp + xexp - 2)]
+                for i, (sign, flipped, wsig, shift) in enumerate(operands):
+                    # Signed before the alignment shift, and without a negation: with the activation
+                    # significand's bits flipped, (sign, flipped) is -x - 1 in two's complement, and
+                    # -(x * w) = (-x - 1) * w + w, so the product and the correction are one multiply-add.
+                    significand = Signal(signed(len(wsig) + len(flipped) + 1), name=f"{path.prefix}m{lane}_{i}")
+                    m.d.comb += significand.eq(Cat(flipped, sign).as_signed() * wsig + Mux(sign, wsig, 0))
                     elements.append((significand, shift))
                 per_path[path.prefix] = (elements, scale)
             multiplied.append(per_path)
@@ -440,16 +477,15 @@ class DotUnit(wiring.Component):
             terms.append(per_path)
         return valid, terms, control
 
-    def _accumulate(self, m, stage, enable, valid, state):
+    def _accumulate(self, m, stage, enable, valid, in_reduction, state):
         """The exact accumulators, each a low and a high half: the ``accumulate`` cut registers the carry
         between them, so no carry chain is longer than about half the accumulator. A reduction's sum
         moves to the final register on its last block. A block after a ``last`` starts a new reduction
         even without ``first``, so a missing marker cannot fold one reduction into the next."""
         width = self.accumulator_width
         low_bits = width // 2
-        in_reduction = Signal()
         start = Signal()
-        m.d.comb += start.eq(state["first"] | ~in_reduction)
+        m.d.comb += start.eq(state["start"] if "start" in state else state["first"] | ~in_reduction)
         count = Signal(range(self._max_blocks + 2))
         count_next = Signal.like(count)
         m.d.comb += count_next.eq(Mux(start, 1, Mux(count > self._max_blocks, count, count + 1)))
@@ -584,21 +620,32 @@ class DotUnit(wiring.Component):
         if self._datapath != "shared":
             lanes, control = self._split_operands(m, enable, valid, decoded)
             valid, control = pipeline.stage(valid, control, True)
+            control = self._nan_flags(m, control)
         else:
-            valid, decoded = stage("decode", valid, decoded)
             wide = self._paths[0]
-            lanes = [{wide.prefix: (self._operands(wide, decoded["x"], lane["w"]), lane["scale"])}
-                     for lane in decoded["lanes"]]
-            control = {"lanes": [{"nan": s["nan"], "selects": s["selects"]} for s in decoded["lanes"]],
-                       "first": decoded["first"], "last": decoded["last"]}
+            lanes = [{wide.prefix: (self._multiplier_inputs(m, lane, wide, self._operands(wide, decoded["x"], state["w"])),
+                                    state["scale"])} for lane, state in enumerate(decoded["lanes"])]
+            valid, (lanes, control) = stage("decode", valid, (lanes, self._control(decoded)))
+            control = self._nan_flags(m, control)
 
         valid, products, control = self._products(m, stage, valid, lanes, control)
         valid, (products, control) = stage("products", valid, (products, control))
         valid, sums, control = self._tree(m, stage, valid, products, control)
         valid, (sums, control) = stage("tree", valid, (sums, control))
         valid, terms, control = self._terms(m, stage, valid, sums, control)
+        in_reduction = Signal()  # the accumulator's: its last block was not a reduction's last
+        if "term" in self.cuts:
+            # Whether the block starts a reduction, found as it enters the accumulator stage, so that the
+            # accumulators' start select comes from a register. On the edge that takes it there, the
+            # accumulator stage's own block (if any) is the last one the accumulators absorb before it.
+            absorbed_valid, absorbed_last = Signal(), Signal()
+            start = Signal(name="start_next")
+            m.d.comb += start.eq(control["first"] | ~Mux(absorbed_valid, ~absorbed_last, in_reduction))
+            control = {**control, "start": start}
         valid, (terms, control) = stage("term", valid, (terms, control))
-        valid, finals = self._accumulate(m, stage, enable, valid, {**control, "terms": terms})
+        if "term" in self.cuts:
+            m.d.comb += [absorbed_valid.eq(valid), absorbed_last.eq(control["last"])]
+        valid, finals = self._accumulate(m, stage, enable, valid, in_reduction, {**control, "terms": terms})
         valid, results, overflow = self._to_fp32(m, stage, valid, finals)
 
         with m.If(enable):

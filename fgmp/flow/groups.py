@@ -28,7 +28,7 @@ _DOT = [
     ("FP4×FP4 multipliers", r"^nm\d+_\d+$|^np\d+_\d+(_shift|_sign|_xsig)?$"),
     ("FP4×FP4 adder tree", r"^nt\d+_l\d+_\d+$|^nsum\d+$"),
     ("FP4×FP4 scale path", r"^nsp\d+(_\d+)?$|^nterm\d+$"),
-    ("accumulator", r"^acc\d+|^final|^count|^start$|^in_reduction$"),
+    ("accumulator", r"^acc\d+|^final|^count|^start(_next)?$|^in_reduction$"),
     ("FP32 conversion", r"^fp32_\d+_|^o__payload"),
 ]
 _ACTQ = [
