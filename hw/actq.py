@@ -32,8 +32,9 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   terms            F * Δ̂² (P >= 3)
 #   top              the largest term's position E, before the window and sum
 #   sum              the windowed sum, before the threshold compare
+#   align            the score and T as leading positions and significands aligned to bit 47, before the compare
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
-        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid")
+        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -384,11 +385,14 @@ class ActivationQuantizer(wiring.Component):
         cut("sum")
 
         # score = total * 2**(E - 85) against T = t_sig * 2**t_exp (FP32), exactly.
-        total, top, threshold = live["total"], live["top"], live["threshold"]
+        total, top, threshold = live.pop("total"), live.pop("top"), live.pop("threshold")
         t_field, t_mantissa = threshold[23:31], threshold[:23]
         t_sig = Signal(24, name="t_sig")
         m.d.comb += t_sig.eq(Cat(t_mantissa, t_field.any()))
-        t_inf = t_field.all()
+        t_inf = Signal(name="t_inf")
+        t_zero = Signal(name="t_zero")
+        score_zero = Signal(name="score_zero")
+        m.d.comb += [t_inf.eq(t_field.all()), t_zero.eq(t_sig == 0), score_zero.eq(total == 0)]
         total_msb = leading_one(m, total, "score")
         t_msb = leading_one(m, t_sig, "t")
         score_position = Signal(signed(10), name="score_position")
@@ -401,15 +405,19 @@ class ActivationQuantizer(wiring.Component):
         t_shift = Signal(range(48), name="t_shift")
         m.d.comb += [score_shift.eq(47 - total_msb), t_shift.eq(47 - t_msb),
                      score_aligned.eq(total << score_shift), t_aligned.eq(t_sig << t_shift)]
+        live["aligned"] = {"score_position": score_position, "t_position": t_position, "score_aligned": score_aligned,
+                           "t_aligned": t_aligned, "score_zero": score_zero, "t_zero": t_zero, "t_inf": t_inf}
+        cut("align")
+        aligned = live.pop("aligned")
         greater = Signal(name="score_above_threshold")
-        with m.If((total == 0) | t_inf):
+        with m.If(aligned["score_zero"] | aligned["t_inf"]):
             m.d.comb += greater.eq(0)
-        with m.Elif(t_sig == 0):
+        with m.Elif(aligned["t_zero"]):
             m.d.comb += greater.eq(1)
-        with m.Elif(score_position != t_position):
-            m.d.comb += greater.eq(score_position > t_position)
+        with m.Elif(aligned["score_position"] != aligned["t_position"]):
+            m.d.comb += greater.eq(aligned["score_position"] > aligned["t_position"])
         with m.Else():
-            m.d.comb += greater.eq(score_aligned > t_aligned)
+            m.d.comb += greater.eq(aligned["score_aligned"] > aligned["t_aligned"])
         fp8 = Signal(name="choose_fp8")
         m.d.comb += fp8.eq(live["forced"] | greater)
 
@@ -431,8 +439,8 @@ class ActivationQuantizer(wiring.Component):
         return m
 
 
-_DATAFLOW = ("unpack", "amax_mid", "amax", "scale_div3", "scale_div6", "scale_quotients", "scales", "div3", "div6", "quotients", "codes",
-             "perturbations", "delta_hat", "square", "terms", "top", "sum")
+_DATAFLOW = ("unpack", "amax_mid", "amax", "scale_div3", "scale_div6", "scale_quotients", "scales", "div3", "div6",
+             "quotients", "codes", "perturbations", "delta_hat", "square", "terms", "top", "sum", "align")
 # The restoring divisions' quotient bits (9, MSB first) in three chunks of three, and the cut after each.
 _QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
 
