@@ -129,35 +129,6 @@ class ActivationQuantizer(wiring.Component):
         per cut and the output register."""
         return self._pipeline_stages + 1
 
-    def _decode_scale(self, m, code, name):
-        """A UE4M3 scale decoded. Each stage that needs the scale decodes its code again: the 8-bit code
-        is what the cuts register, not the wider decoded form."""
-        m.submodules[name] = decoder = Decoder(format=UE4M3)
-        m.d.comb += decoder.code.eq(code)
-        return decoder.decoded
-
-    def _normalized_scale(self, m, decoded, name):
-        """A decoded UE4M3 scale as (significand, exponent) normalised for round_ratio's division."""
-        exponent = Signal(signed(6), name=f"{name}_e")
-        m.d.comb += exponent.eq(decoded.exponent - (UE4M3.bias + UE4M3.mantissa_bits))
-        return normalize(m, decoded.significand, exponent, f"{name}_n")
-
-    def _scaled_magnitude(self, m, scale, fmt, code, width, lsb_shift, name):
-        """|scale * element| as an integer of ``width`` bits, ``lsb_shift`` above the product of the two
-        integers (scale at LSB 2**-9, E4M3 at LSB 2**-9, E2M1 at LSB 2**-1).
-
-        The significands are multiplied (4 x 2 or 4 x 4 bits) and the product shifted by both exponents:
-        multiplying the two integer values would build an 18 x 18-bit multiplier per element."""
-        m.submodules[name] = decoder = Decoder(format=fmt)
-        m.d.comb += decoder.code.eq(code)
-        element = decoder.decoded
-        product = Signal(len(scale.significand) + len(element.significand), name=f"{name}_sig")
-        m.d.comb += product.eq(scale.significand * element.significand)
-        magnitude = Signal(width, name=name)
-        # Decoded exponents are >= 1 (subnormals share the smallest normal one): the shift is >= 0.
-        m.d.comb += magnitude.eq(product << (scale.exponent + element.exponent + (lsb_shift - 2)).as_unsigned())
-        return magnitude
-
     def elaborate(self, platform):
         m = Module()
         B = self._block_size
@@ -215,22 +186,7 @@ class ActivationQuantizer(wiring.Component):
                     live["f"] = codes_read
 
         # BF16 decode, x' = x * 2**-k as (significand, exponent), amax'.
-        unpacked = []
-        for i in range(B):
-            bits = self.i.payload.values[i]
-            exponent_field, mantissa, sign = bits[7:15], bits[:7], bits[15]
-            normal = exponent_field.any()
-            significand = Signal(8, name=f"x{i}_sig")
-            exponent = Signal(signed(11), name=f"x{i}_exp")
-            m.d.comb += [significand.eq(Cat(mantissa, normal)),
-                         exponent.eq(Mux(normal, exponent_field, 1) - _BF16_BIAS_AND_MANTISSA - scale_exponent)]
-            nonfinite = exponent_field.all()
-            nan = Signal(name=f"x{i}_nan")
-            inf = Signal(name=f"x{i}_inf")
-            m.d.comb += [nan.eq(nonfinite & mantissa.any()), inf.eq(nonfinite & ~mantissa.any())]
-            finite_sig = Signal(8, name=f"x{i}_fsig")
-            m.d.comb += finite_sig.eq(Mux(nan | inf, 0, significand))
-            unpacked.append({"sign": sign, "fsig": finite_sig, "exp": exponent, "nan": nan, "inf": inf})
+        unpacked = [unpack_bf16(m, self.i.payload.values[i], scale_exponent, f"x{i}") for i in range(B)]
         live["elements"] = unpacked
         cut("unpack")
 
@@ -283,8 +239,8 @@ class ActivationQuantizer(wiring.Component):
         cut("scales")
 
         # Both candidates per element: x' / s rounded to E2M1 and E4M3, the divisions split in three.
-        s4_sig, s4_exp = self._normalized_scale(m, self._decode_scale(m, live["s4"], "s4_dec"), "s4_dec")
-        s8_sig, s8_exp = self._normalized_scale(m, self._decode_scale(m, live["s8_used"], "s8_dec"), "s8_dec")
+        s4_sig, s4_exp = normalized_scale(m, decode_scale(m, live["s4"], "s4_dec"), "s4_dec")
+        s8_sig, s8_exp = normalized_scale(m, decode_scale(m, live["s8_used"], "s8_dec"), "s8_dec")
         live["divisors"] = (s4_sig, s8_sig)
         for i, element in enumerate(live["elements"]):
             element["base4"] = ratio_base(m, element["exp"], s4_exp, E2M1, f"q4_{i}")
@@ -298,8 +254,8 @@ class ActivationQuantizer(wiring.Component):
                 element["div8"] = _divide_chunk(m, element["sig"], element["div8"], s8_sig, positions, f"q8_{i}")
             cut(name)
         del live["divisors"]
-        s4_zero = self._decode_scale(m, live["s4"], "s4_dec_zero").zero
-        s8_zero = self._decode_scale(m, live["s8_used"], "s8_dec_zero").zero
+        s4_zero = decode_scale(m, live["s4"], "s4_dec_zero").zero
+        s8_zero = decode_scale(m, live["s8_used"], "s8_dec_zero").zero
         q4_codes, q8_codes = [], []
         for i, element in enumerate(live.pop("elements")):
             zero = Signal(name=f"x{i}_zero")
@@ -308,14 +264,7 @@ class ActivationQuantizer(wiring.Component):
                                     zero, E2M1, f"q4_{i}")
             q8_mag = round_quotient(m, Cat(*element["div8"]["bits"]), element["div8"]["partial"], element["base8"],
                                     zero, E4M3, f"q8_{i}")
-            q4 = Signal(4, name=f"q4_{i}")
-            q8 = Signal(8, name=f"q8_{i}")
-            m.d.comb += [q4.eq(Mux(s4_zero, 0, Cat(q4_mag, element["sign"]))),
-                         q8.eq(Mux(s8_zero, 0, Cat(q8_mag, element["sign"])))]
-            with m.If(element["inf"]):
-                m.d.comb += q8.eq(Cat(Const(_UE4M3_448, 7), element["sign"]))
-            with m.If(element["nan"]):
-                m.d.comb += q8.eq(_E4M3_NAN)
+            q4, q8 = element_codes(m, q4_mag, q8_mag, element, s4_zero, s8_zero, i)
             q4_codes.append(q4)
             q8_codes.append(q8)
         live.update(q4=q4_codes, q8=q8_codes)
@@ -325,99 +274,42 @@ class ActivationQuantizer(wiring.Component):
         # by 8, s8 * q8 at 2**-18. Only |D| is scored, and q4 and q8 both carry the element's sign or are
         # zero, so |D| is the distance of the magnitudes (a NaN's q8 has no sign, but its block is forced
         # to FP8, score unused).
-        s4_decoded = self._decode_scale(m, live["s4"], "s4_dec_value")
-        s8_decoded = self._decode_scale(m, live["s8_used"], "s8_dec_value")
+        s4_decoded = decode_scale(m, live["s4"], "s4_dec_value")
+        s8_decoded = decode_scale(m, live["s8_used"], "s8_dec_value")
         deltas = []
         for i in range(B):
-            p4 = self._scaled_magnitude(m, s4_decoded, E2M1, live["q4"][i], 31, 8, f"p4_{i}")
-            p8 = self._scaled_magnitude(m, s8_decoded, E4M3, live["q8"][i], 37, 0, f"p8_{i}")
-            delta = Signal(37, name=f"d{i}")
-            m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
+            delta = perturbation(m, s4_decoded, s8_decoded, live["q4"][i], live["q8"][i], i)
             deltas.append(delta)
         live["deltas"] = deltas
         cut("perturbations")
 
         # Score terms F * Δ̂² as (mantissa, exponent) pairs: Δ̂ first, then its square, then F.
-        truncated = []
-        for i, magnitude in enumerate(live.pop("deltas")):
-            msb = leading_one(m, magnitude, f"dm{i}")
-            shift = Signal(range(26), name=f"dm{i}_shift")
-            m.d.comb += shift.eq(Mux(msb >= _DELTA_BITS, msb - (_DELTA_BITS - 1), 0))
-            mantissa = Signal(_DELTA_BITS, name=f"dm{i}_m")
-            m.d.comb += mantissa.eq(magnitude >> shift)
-            truncated.append((mantissa, shift))
+        truncated = [truncate_delta(m, magnitude, i) for i, magnitude in enumerate(live.pop("deltas"))]
         live["truncated"] = truncated
         cut("delta_hat")
         live["squares"] = [(square(m, mantissa, f"dm{i}"), shift)
                            for i, (mantissa, shift) in enumerate(live.pop("truncated"))]
         cut("square")
-        terms = []
-        for i, (squared, shift) in enumerate(live.pop("squares")):
-            m.submodules[f"f{i}_dec"] = f_dec = Decoder(format=UE4M3)
-            m.d.comb += f_dec.code.eq(live["f"][i])
-            term_mantissa = Signal(28, name=f"tm{i}")
-            term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
-            m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * squared),
-                         term_exponent.eq(2 * shift + f_dec.decoded.exponent - 1)]
-            terms.append((term_mantissa, term_exponent))
+        terms = [score_term(m, live["f"][i], squared, shift, i)
+                 for i, (squared, shift) in enumerate(live.pop("squares"))]
         del live["f"]
         live["terms"] = terms
         cut("terms")
 
         # Window the terms below the largest one (its leading position E), sum, compare with T.
-        leading = []
-        for i, (tm, te) in enumerate(live["terms"]):
-            position = Signal(range(2 * 25 + 16 + 28), name=f"tl{i}")
-            m.d.comb += position.eq(Mux(tm == 0, 0, leading_one(m, tm, f"tm{i}") + te))
-            leading.append(position)
+        leading = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live["terms"])]
         live["top"] = _tree(leading, lambda a, b, name: _larger(m, a, b, name), "top")
         cut("top")
-        units = []
-        for i, (tm, te) in enumerate(live.pop("terms")):
-            distance = Signal(range(2 * 25 + 16 + 28 + 1), name=f"ta{i}")  # E - te
-            m.d.comb += distance.eq(live["top"] - te)
-            unit = Signal(_WINDOW_BITS + 1, name=f"tu{i}")
-            m.d.comb += unit.eq((tm << _WINDOW_BITS) >> distance)
-            units.append(unit)
-        total = Signal(_WINDOW_BITS + 1 + (B - 1).bit_length(), name="score_units")
+        units = [windowed_term(m, tm, te, live["top"], i) for i, (tm, te) in enumerate(live.pop("terms"))]
+        total = Signal(score_width(B), name="score_units")
         m.d.comb += total.eq(sum(units))
         live["total"] = total
         cut("sum")
 
         # score = total * 2**(E - 85) against T = t_sig * 2**t_exp (FP32), exactly.
-        total, top, threshold = live.pop("total"), live.pop("top"), live.pop("threshold")
-        t_field, t_mantissa = threshold[23:31], threshold[:23]
-        t_sig = Signal(24, name="t_sig")
-        m.d.comb += t_sig.eq(Cat(t_mantissa, t_field.any()))
-        t_inf = Signal(name="t_inf")
-        t_zero = Signal(name="t_zero")
-        score_zero = Signal(name="score_zero")
-        m.d.comb += [t_inf.eq(t_field.all()), t_zero.eq(t_sig == 0), score_zero.eq(total == 0)]
-        total_msb = leading_one(m, total, "score")
-        t_msb = leading_one(m, t_sig, "t")
-        score_position = Signal(signed(10), name="score_position")
-        t_position = Signal(signed(10), name="t_position")
-        m.d.comb += [score_position.eq(total_msb + top + (_SCORE_LSB - _WINDOW_BITS)),
-                     t_position.eq(t_msb + Mux(t_field.any(), t_field, 1) - 150)]
-        score_aligned = Signal(48, name="score_aligned")
-        t_aligned = Signal(48, name="t_aligned")
-        score_shift = Signal(range(48), name="score_shift")
-        t_shift = Signal(range(48), name="t_shift")
-        m.d.comb += [score_shift.eq(47 - total_msb), t_shift.eq(47 - t_msb),
-                     score_aligned.eq(total << score_shift), t_aligned.eq(t_sig << t_shift)]
-        live["aligned"] = {"score_position": score_position, "t_position": t_position, "score_aligned": score_aligned,
-                           "t_aligned": t_aligned, "score_zero": score_zero, "t_zero": t_zero, "t_inf": t_inf}
+        live["aligned"] = align_score(m, live.pop("total"), live.pop("top"), live.pop("threshold"))
         cut("align")
-        aligned = live.pop("aligned")
-        greater = Signal(name="score_above_threshold")
-        with m.If(aligned["score_zero"] | aligned["t_inf"]):
-            m.d.comb += greater.eq(0)
-        with m.Elif(aligned["t_zero"]):
-            m.d.comb += greater.eq(1)
-        with m.Elif(aligned["score_position"] != aligned["t_position"]):
-            m.d.comb += greater.eq(aligned["score_position"] > aligned["t_position"])
-        with m.Else():
-            m.d.comb += greater.eq(aligned["score_aligned"] > aligned["t_aligned"])
+        greater = score_above(m, live.pop("aligned"))
         fp8 = Signal(name="choose_fp8")
         m.d.comb += fp8.eq(live["forced"] | greater)
 
@@ -515,3 +407,164 @@ def _register(pipeline, valid, live):
     collect(live)
     valid, registered = pipeline.cut(valid, leaves, True)
     return valid, rebuild(live, iter(registered))
+
+
+# Per-element and per-block pieces of the datapath, shared with the narrow unit (hw/actq_narrow.py). Each
+# names its signals from ``name`` or the element index ``i`` exactly as this unit always has.
+
+def unpack_bf16(m, bits, scale_exponent, name):
+    """A BF16 element unpacked: x' = x * 2**-k as (sign, significand with NaN/Inf cleared, exponent at the
+    significand's LSB), and the NaN and Inf flags."""
+    exponent_field, mantissa, sign = bits[7:15], bits[:7], bits[15]
+    normal = exponent_field.any()
+    significand = Signal(8, name=f"{name}_sig")
+    exponent = Signal(signed(11), name=f"{name}_exp")
+    m.d.comb += [significand.eq(Cat(mantissa, normal)),
+                 exponent.eq(Mux(normal, exponent_field, 1) - _BF16_BIAS_AND_MANTISSA - scale_exponent)]
+    nonfinite = exponent_field.all()
+    nan = Signal(name=f"{name}_nan")
+    inf = Signal(name=f"{name}_inf")
+    m.d.comb += [nan.eq(nonfinite & mantissa.any()), inf.eq(nonfinite & ~mantissa.any())]
+    finite_sig = Signal(8, name=f"{name}_fsig")
+    m.d.comb += finite_sig.eq(Mux(nan | inf, 0, significand))
+    return {"sign": sign, "fsig": finite_sig, "exp": exponent, "nan": nan, "inf": inf}
+
+
+def decode_scale(m, code, name):
+    """A UE4M3 scale decoded. Each stage that needs the scale decodes its code again: the 8-bit code
+    is what the cuts register, not the wider decoded form."""
+    m.submodules[name] = decoder = Decoder(format=UE4M3)
+    m.d.comb += decoder.code.eq(code)
+    return decoder.decoded
+
+
+def normalized_scale(m, decoded, name):
+    """A decoded UE4M3 scale as (significand, exponent) normalised for round_ratio's division."""
+    exponent = Signal(signed(6), name=f"{name}_e")
+    m.d.comb += exponent.eq(decoded.exponent - (UE4M3.bias + UE4M3.mantissa_bits))
+    return normalize(m, decoded.significand, exponent, f"{name}_n")
+
+
+def scaled_magnitude(m, scale, fmt, code, width, lsb_shift, name):
+    """|scale * element| as an integer of ``width`` bits, ``lsb_shift`` above the product of the two
+    integers (scale at LSB 2**-9, E4M3 at LSB 2**-9, E2M1 at LSB 2**-1).
+
+    The significands are multiplied (4 x 2 or 4 x 4 bits) and the product shifted by both exponents:
+    multiplying the two integer values would build an 18 x 18-bit multiplier per element."""
+    m.submodules[name] = decoder = Decoder(format=fmt)
+    m.d.comb += decoder.code.eq(code)
+    element = decoder.decoded
+    product = Signal(len(scale.significand) + len(element.significand), name=f"{name}_sig")
+    m.d.comb += product.eq(scale.significand * element.significand)
+    magnitude = Signal(width, name=name)
+    # Decoded exponents are >= 1 (subnormals share the smallest normal one): the shift is >= 0.
+    m.d.comb += magnitude.eq(product << (scale.exponent + element.exponent + (lsb_shift - 2)).as_unsigned())
+    return magnitude
+
+
+def element_codes(m, q4_mag, q8_mag, element, s4_zero, s8_zero, i):
+    """The element's codes q4 (E2M1) and q8 (E4M3) from the rounded magnitudes, its sign, the zero scales
+    and the non-finite rules (numerics §9 step 7)."""
+    q4 = Signal(4, name=f"q4_{i}")
+    q8 = Signal(8, name=f"q8_{i}")
+    m.d.comb += [q4.eq(Mux(s4_zero, 0, Cat(q4_mag, element["sign"]))),
+                 q8.eq(Mux(s8_zero, 0, Cat(q8_mag, element["sign"])))]
+    with m.If(element["inf"]):
+        m.d.comb += q8.eq(Cat(Const(_UE4M3_448, 7), element["sign"]))
+    with m.If(element["nan"]):
+        m.d.comb += q8.eq(_E4M3_NAN)
+    return q4, q8
+
+
+def perturbation(m, s4_decoded, s8_decoded, q4, q8, i):
+    """|D| = |s4*q4 - s8*q8| * 2**18, both products at LSB 2**-18: s4 * q4 is at 2**-10 before the shift
+    by 8, s8 * q8 at 2**-18. Only |D| is scored, and q4 and q8 both carry the element's sign or are
+    zero, so |D| is the distance of the magnitudes (a NaN's q8 has no sign, but its block is forced
+    to FP8, score unused)."""
+    p4 = scaled_magnitude(m, s4_decoded, E2M1, q4, 31, 8, f"p4_{i}")
+    p8 = scaled_magnitude(m, s8_decoded, E4M3, q8, 37, 0, f"p8_{i}")
+    delta = Signal(37, name=f"d{i}")
+    m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
+    return delta
+
+
+def truncate_delta(m, magnitude, i):
+    """Δ̂ = |D| truncated to its 12 most significant bits, as (mantissa, shift)."""
+    msb = leading_one(m, magnitude, f"dm{i}")
+    shift = Signal(range(26), name=f"dm{i}_shift")
+    m.d.comb += shift.eq(Mux(msb >= _DELTA_BITS, msb - (_DELTA_BITS - 1), 0))
+    mantissa = Signal(_DELTA_BITS, name=f"dm{i}_m")
+    m.d.comb += mantissa.eq(magnitude >> shift)
+    return mantissa, shift
+
+
+def score_term(m, f_code, squared, shift, i):
+    """The term F * Δ̂² as (mantissa, exponent) from the sensitivity code and Δ̂² = squared * 2**(2*shift)."""
+    m.submodules[f"f{i}_dec"] = f_dec = Decoder(format=UE4M3)
+    m.d.comb += f_dec.code.eq(f_code)
+    term_mantissa = Signal(28, name=f"tm{i}")
+    term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
+    m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * squared),
+                 term_exponent.eq(2 * shift + f_dec.decoded.exponent - 1)]
+    return term_mantissa, term_exponent
+
+
+def term_leading(m, tm, te, i):
+    """A term's leading position (0 for a zero term)."""
+    position = Signal(range(2 * 25 + 16 + 28), name=f"tl{i}")
+    m.d.comb += position.eq(Mux(tm == 0, 0, leading_one(m, tm, f"tm{i}") + te))
+    return position
+
+
+def windowed_term(m, tm, te, top, i):
+    """A term truncated to the window below the block's top position E, in units of 2**(E - 40)."""
+    distance = Signal(range(2 * 25 + 16 + 28 + 1), name=f"ta{i}")  # E - te
+    m.d.comb += distance.eq(top - te)
+    unit = Signal(_WINDOW_BITS + 1, name=f"tu{i}")
+    m.d.comb += unit.eq((tm << _WINDOW_BITS) >> distance)
+    return unit
+
+
+def score_width(block_size):
+    """The width of a block's windowed sum."""
+    return _WINDOW_BITS + 1 + (block_size - 1).bit_length()
+
+
+def align_score(m, total, top, threshold):
+    """score = total * 2**(E - 85) and T = t_sig * 2**t_exp (FP32 bits) as leading positions and
+    significands aligned to bit 47, with the zero and Inf flags: what ``score_above`` compares."""
+    t_field, t_mantissa = threshold[23:31], threshold[:23]
+    t_sig = Signal(24, name="t_sig")
+    m.d.comb += t_sig.eq(Cat(t_mantissa, t_field.any()))
+    t_inf = Signal(name="t_inf")
+    t_zero = Signal(name="t_zero")
+    score_zero = Signal(name="score_zero")
+    m.d.comb += [t_inf.eq(t_field.all()), t_zero.eq(t_sig == 0), score_zero.eq(total == 0)]
+    total_msb = leading_one(m, total, "score")
+    t_msb = leading_one(m, t_sig, "t")
+    score_position = Signal(signed(10), name="score_position")
+    t_position = Signal(signed(10), name="t_position")
+    m.d.comb += [score_position.eq(total_msb + top + (_SCORE_LSB - _WINDOW_BITS)),
+                 t_position.eq(t_msb + Mux(t_field.any(), t_field, 1) - 150)]
+    score_aligned = Signal(48, name="score_aligned")
+    t_aligned = Signal(48, name="t_aligned")
+    score_shift = Signal(range(48), name="score_shift")
+    t_shift = Signal(range(48), name="t_shift")
+    m.d.comb += [score_shift.eq(47 - total_msb), t_shift.eq(47 - t_msb),
+                 score_aligned.eq(total << score_shift), t_aligned.eq(t_sig << t_shift)]
+    return {"score_position": score_position, "t_position": t_position, "score_aligned": score_aligned,
+            "t_aligned": t_aligned, "score_zero": score_zero, "t_zero": t_zero, "t_inf": t_inf}
+
+
+def score_above(m, aligned):
+    """score > T, exactly, from ``align_score``'s result."""
+    greater = Signal(name="score_above_threshold")
+    with m.If(aligned["score_zero"] | aligned["t_inf"]):
+        m.d.comb += greater.eq(0)
+    with m.Elif(aligned["t_zero"]):
+        m.d.comb += greater.eq(1)
+    with m.Elif(aligned["score_position"] != aligned["t_position"]):
+        m.d.comb += greater.eq(aligned["score_position"] > aligned["t_position"])
+    with m.Else():
+        m.d.comb += greater.eq(aligned["score_aligned"] > aligned["t_aligned"])
+    return greater
