@@ -120,6 +120,18 @@ class NarrowActivationQuantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         B, E, N = self._block_size, self._elements, self.beats_per_block
+
+        def counter(name):
+            """A beat index 0..N-1; the constant 0 when a block is one beat (no zero-width registers)."""
+            return Signal(range(N), name=name) if N > 1 else Const(0, 1)
+
+        def count(index):
+            """The statements that advance ``counter`` ``index``, wrapping after N - 1."""
+            return [index.eq(Mux(index == N - 1, 0, index + 1))] if N > 1 else []
+
+        def restart(index):
+            return [index.eq(0)] if N > 1 else []
+
         pipeline = StallPipeline(m, self.i, self.o)
         enable = pipeline.enable
         take = Signal()
@@ -137,12 +149,12 @@ class NarrowActivationQuantizer(wiring.Component):
         read = table.read_port(domain="sync", transparent_for=())
 
         # ---- 1. gather ----
-        beat = Signal(range(N), name="beat")  # the index of the next beat taken in its block
+        beat = counter("beat")  # the index of the next beat taken in its block
         first_beat = Signal()
         last_beat = Signal()
         m.d.comb += [first_beat.eq(beat == 0), last_beat.eq(beat == N - 1)]
         with m.If(take):
-            m.d.sync += beat.eq(Mux(last_beat, 0, beat + 1))
+            m.d.sync += count(beat)
 
         # The block's position in its reduction (ActivationQuantizer's rule), on its first beat.
         in_reduction = Signal()
@@ -162,11 +174,11 @@ class NarrowActivationQuantizer(wiring.Component):
                       "k": scale_exponent, "threshold": threshold}
         info = {}
         for key, value in block_info.items():
-            held = Signal.like(value, name=f"held_{key}")
+            kept = Signal.like(value, name=f"kept_{key}")
             info[key] = Signal.like(value, name=f"block_{key}")
-            m.d.comb += info[key].eq(Mux(first_beat, value, held))
+            m.d.comb += info[key].eq(Mux(first_beat, value, kept))
             with m.If(take):
-                m.d.sync += held.eq(info[key])
+                m.d.sync += kept.eq(info[key])
 
         # The beat's elements, compared on (significand, unscaled exponent); NaN/Inf flags.
         unpacked = [unpack_bf16(m, self.i.payload.values[e], 0, f"g{e}") for e in range(E)]
@@ -200,18 +212,19 @@ class NarrowActivationQuantizer(wiring.Component):
             ("amax_sig", 8), ("amax_exp", signed(11)), ("has_inf", 1), ("forced", 1), ("first", 1), ("last", 1),
             ("k", signed(8)), ("threshold", 32))}
         active = Signal(name="h_active")
-        index = Signal(range(N), name="h_index")
+        index = counter("h_index")
         m.d.comb += [read.addr.eq(info["row"]), read.en.eq(take & last_beat)]
         with m.If(enable & active):
             m.d.sync += [held_values[b].eq(held_values[b + 1]) for b in range(N - 1)]
-            m.d.sync += index.eq(index + 1)
+            m.d.sync += count(index)
             with m.If(index == N - 1):
-                m.d.sync += [active.eq(0), index.eq(0)]
+                m.d.sync += active.eq(0)
         with m.If(take & last_beat):
             m.d.sync += [held_values[b].eq(gathered[b]) for b in range(N - 1)]
             m.d.sync += held_values[-1].eq(self.i.payload.values)
             m.d.sync += [held["amax_sig"].eq(amax[0]), held["amax_exp"].eq(amax[1]), held["has_inf"].eq(has_inf),
-                         held["forced"].eq(forced), active.eq(1), index.eq(0)]
+                         held["forced"].eq(forced), active.eq(1)]
+            m.d.sync += restart(index)
             m.d.sync += [held[key].eq(info[key]) for key in ("first", "last", "k", "threshold")]
 
         # ---- 2. scale: s4 = RNE(amax' / 6), s8 = RNE(amax' / 448) (448 with an Inf) ----
@@ -228,13 +241,15 @@ class NarrowActivationQuantizer(wiring.Component):
         x = {"values": Signal(chunk, name="x_values"), "f": Signal(8 * E, name="x_f"), "s4": Signal(8, name="x_s4"),
              "s8": Signal(8, name="x_s8"), "k": Signal(signed(8), name="x_k"), "threshold": Signal(32, name="x_t"),
              "first": Signal(name="x_first"), "last": Signal(name="x_last"), "forced": Signal(name="x_forced"),
-             "index": Signal(range(N), name="x_index")}
+             "index": counter("x_index")}
         x_valid = Signal(name="x_valid")
         with m.If(enable):
             m.d.sync += [x_valid.eq(active), x["values"].eq(held_values[0]),
                          x["f"].eq(read.data.as_value().word_select(index, 8 * E) if N > 1 else read.data),
                          x["s4"].eq(s4),
-                         x["s8"].eq(s8_used), x["index"].eq(index)]
+                         x["s8"].eq(s8_used)]
+            if N > 1:
+                m.d.sync += x["index"].eq(index)
             m.d.sync += [x[key].eq(held[key]) for key in ("k", "threshold", "first", "last", "forced")]
 
         # ---- 3. element: E elements per cycle, codes and score terms ----
@@ -278,19 +293,20 @@ class NarrowActivationQuantizer(wiring.Component):
             ("top", _LEADING_RANGE), ("s4", 8), ("s8", 8), ("threshold", 32), ("first", 1), ("last", 1),
             ("forced", 1))}
         sum_active = Signal(name="h2_active")
-        sum_index = Signal(range(N), name="h2_index")
+        sum_index = counter("h2_index")
         with m.If(enable & sum_active):
             m.d.sync += [Cat(*terms[b][e]).eq(Cat(*terms[b + 1][e])) for b in range(N - 1) for e in range(E)]
-            m.d.sync += sum_index.eq(sum_index + 1)
+            m.d.sync += count(sum_index)
             with m.If(sum_index == N - 1):
-                m.d.sync += [sum_active.eq(0), sum_index.eq(0)]
+                m.d.sync += sum_active.eq(0)
         with m.If(enable & x_last_beat):
             buffers = collected + [beat_terms]
             for b in range(N):
                 for e in range(E):
                     m.d.sync += [Cat(*codes[b][e]).eq(Cat(buffers[b][e].q4, buffers[b][e].q8)),
                                  Cat(*terms[b][e]).eq(Cat(buffers[b][e].tm, buffers[b][e].te))]
-            m.d.sync += [summing["top"].eq(top), sum_active.eq(1), sum_index.eq(0)]
+            m.d.sync += [summing["top"].eq(top), sum_active.eq(1)]
+            m.d.sync += restart(sum_index)
             m.d.sync += [summing[key].eq(x[key]) for key in ("s4", "threshold", "first", "last", "forced")]
             m.d.sync += summing["s8"].eq(x["s8"])
 

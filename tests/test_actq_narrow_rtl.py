@@ -11,6 +11,7 @@ from amaranth.sim import Simulator
 
 from fgmp import golden
 from fgmp.hw.actq_narrow import NarrowActivationQuantizer
+from fgmp.hw.verilog import lint, write_verilog
 from fgmp.sim.actq_stimuli import config_writes, median_threshold, random_bf16, random_configs
 from rtl_ops import _bf16_bits, _config_values, _run, _sink, _source
 
@@ -266,3 +267,11 @@ def test_properties():
     for name in ("block_size", "max_channels", "elements_per_cycle", "beats_per_block", "latency"):
         with pytest.raises(AttributeError):
             setattr(unit, name, 1)
+
+
+@pytest.mark.parametrize("elements", [1, 2, 4])
+def test_verilog_lint(tmp_path, elements):
+    """Verilator -Wall is clean, the one-beat block (E = B: no beat counters) included."""
+    name = f"narrow_actq_e{elements}"
+    lint(write_verilog(NarrowActivationQuantizer(block_size=4, max_channels=16, elements_per_cycle=elements), name,
+                       tmp_path), name)
