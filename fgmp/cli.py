@@ -73,6 +73,37 @@ def _generate_actq(args):
     return 0
 
 
+def _tile_params(args):
+    return {"lanes": args.lanes, "max_inputs": args.max_inputs, "max_outputs": args.max_outputs,
+            "max_tokens": args.max_tokens, "fp8_weight_blocks": args.fp8_weight_blocks,
+            "elements_per_cycle": args.elements_per_cycle, "dot_stages": args.dot_stages,
+            "datapath": args.datapath, "output_memory": args.output_memory}
+
+
+def _generate_tile(args):
+    from fgmp.hw.tile import Tile
+    from fgmp.hw.verilog import lint, write_verilog
+    from fgmp.sim.tile import tile_top
+
+    try:
+        unit = Tile(**_tile_params(args))
+    except (ValueError, TypeError) as error:  # the generator's own parameter checks
+        print(f"fgmp: error: {error}", file=sys.stderr)
+        return 2
+    top = args.name or tile_top(unit)
+    path = write_verilog(unit, top, args.out)
+    if args.lint:
+        lint(path, top)
+    print(f"wrote {path}" + (" (verilator -Wall lint clean)" if args.lint else ""))
+    bits = unit.memory_bits
+    print(f"  {unit.lanes} lanes, layers up to {unit.max_tokens} tokens x {unit.max_outputs} outputs x "
+          f"{unit.max_inputs} inputs; activation unit {unit.elements_per_cycle} element(s) per cycle")
+    print("  memories: " + ", ".join(f"{name} {value:,} bits" for name, value in bits.items())
+          + f"; AXI4-Lite windows: " + ", ".join(f"{r.name} @ {r.base:#x}" for r in unit.regions.values()
+                                                   if not r.name[-1].isdigit() or r.name.endswith("0")))
+    return 0
+
+
 def build_parser():
     from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX_STAGES
     from fgmp.hw.dot import DATAPATHS
@@ -125,6 +156,27 @@ def build_parser():
         unit.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
         unit.add_argument("--no-lint", dest="lint", action="store_false")
         unit.set_defaults(func=_generate_actq)
+
+    tile = units.add_parser("tile", help="the FGMP tile: memories, sequencer, dot unit, post-processing, narrow "
+                            "activation unit, AXI4-Lite host port (docs/interfaces.md)")
+    tile.add_argument("--lanes", type=int, default=4, help="dot-unit lanes (default 4)")
+    tile.add_argument("--max-inputs", type=int, default=256, help="largest K, a multiple of 16 (default 256)")
+    tile.add_argument("--max-outputs", type=int, default=256,
+                      help="largest M, a multiple of 16 and of the lanes (default 256)")
+    tile.add_argument("--max-tokens", type=int, default=8, help="largest T (default 8)")
+    tile.add_argument("--fp8-weight-blocks", type=int,
+                      help="FP8 weight blocks each lane's high memory holds (default: all of them)")
+    tile.add_argument("--elements-per-cycle", type=int, default=1,
+                      help="post-processing and activation-unit width, divides 16 and the lanes (default 1)")
+    tile.add_argument("--dot-stages", type=int, default=1,
+                      help=f"dot-unit register cuts, 0..{DOT_MAX_STAGES} (default 1)")
+    tile.add_argument("--datapath", choices=DATAPATHS, default="shared")
+    tile.add_argument("--no-output-memory", dest="output_memory", action="store_false",
+                      help="leave out the FP32 output memory (only the next layer's blocks are kept)")
+    tile.add_argument("--name", help="Verilog module name (default fgmp_tile_l<lanes>)")
+    tile.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
+    tile.add_argument("--no-lint", dest="lint", action="store_false")
+    tile.set_defaults(func=_generate_tile)
 
     from fgmp import demo, e2e, quantize
     quantize.add_commands(commands)

@@ -83,6 +83,45 @@ def engine_params(lanes, in_features):
     return {"lanes": lanes, "max_channels": max(16, in_features)}
 
 
+def tile_params(lanes, weights, tokens):
+    """The tile e2e generates for ``weights`` (M x K blocks): memories sized for the layer (each lane's high
+    memory for the largest lane's FP8 blocks) and the narrowest activation unit that keeps up with L
+    results per K/16 cycles."""
+    from fgmp.golden.tile import tile_weight_bits
+
+    outputs, inputs = weights.shape
+    elements = next(e for e in (1, 2, 4, 8, 16) if lanes % e == 0 and e * inputs >= lanes * 16 or e == 16)
+    if lanes % elements:
+        raise ValueError(f"--lanes {lanes}: the tile's activation unit needs a width that divides the lanes")
+    return {"lanes": lanes, "max_inputs": inputs, "max_outputs": outputs, "max_tokens": tokens,
+            "fp8_weight_blocks": max(1, tile_weight_bits(weights, lanes)["max_lane_fp8_blocks"]),
+            "elements_per_cycle": elements}
+
+
+def next_layer(plan, name, outputs):
+    """The quantized layer whose activation-unit registers the tile uses for ``name``'s outputs: the first
+    one after it (in the plan's order) with ``outputs`` input channels; None if there is none."""
+    names = list(plan.activations)
+    later = names[names.index(name) + 1:] + names[:names.index(name)]
+    return next((n for n in later if len(plan.activations[n].config.sensitivities) == outputs), None)
+
+
+def _run_tile(args, plan, activations, out, pool):
+    """The layer through the tile (``fgmp e2e --tile``), its steps submitted to ``pool``."""
+    from fgmp.golden import quantize_activations
+    from fgmp.golden.tile import tile_scale_bits
+    from fgmp.sim.tile import run_tile_bench, save_layer
+
+    weights = plan.weights[args.layer]
+    blocks = quantize_activations(activations, plan.activations[args.layer].config).blocks
+    following = next_layer(plan, args.layer, weights.shape[0])
+    next_config = plan.activations[following].config if following else None
+    path = save_layer(out / "tile_layer.pt", weights, blocks, tile_scale_bits(weights, blocks), next_config)
+    params = tile_params(args.lanes, weights, activations.shape[0])
+    return following, params, pool.submit(_timed, run_tile_bench, params, args.simulator, out / "sim",
+                                          [{"file": str(path)}], idle=0.0, backpressure=0.0, refusals=False)
+
+
 def _check_tools(args):
     """A missing simulator stops the run before minutes of calibration, not after."""
     from fgmp.toolchain import ToolchainError, require_iverilog, verilator_root
@@ -130,10 +169,13 @@ def run_e2e(args, pool, say=print, on_started=lambda: None):
     export_layer(plan.weights[args.layer], plan.activations[args.layer].config, layer_dir, name=args.layer)
     weights = plan.weights[args.layer]
     say(f"{setup.lm.name} / {args.layer}: {weights.shape[0]} x {weights.shape[1]} weights "
-        f"({weights.fp8_fraction:.1%} FP8 blocks), {args.tokens} captured tokens -> engine "
+        f"({weights.fp8_fraction:.1%} FP8 blocks), {args.tokens} captured tokens -> {'tile' if args.tile else 'engine'} "
         f"({args.lanes} lanes) on {args.simulator}")
-    bench = pool.submit(_timed, run_layer_bench, engine_params(args.lanes, weights.shape[1]), args.simulator,
-                        out / "sim", layer_dir, activations)
+    if args.tile:
+        following, params, bench = _run_tile(args, plan, activations, out, pool)
+    else:
+        bench = pool.submit(_timed, run_layer_bench, engine_params(args.lanes, weights.shape[1]), args.simulator,
+                            out / "sim", layer_dir, activations)
     energy = _submit_energy(args, setup, plan, activations, out, pool, areas) if args.energy else None
     rows = []
     for policy in ("fp8", "fgmp", "nvfp4"):
@@ -142,13 +184,11 @@ def run_e2e(args, pool, say=print, on_started=lambda: None):
     paths = _plots(plan, args.layer, out)
     result, seconds = bench.result()
     report = result.report
-    outputs = report["tokens"] * report["out_features"]
-    say(f"  outputs compared: {outputs} FP32 values, mismatches: {report['mismatches']}")
-    say(f"  cycles: {report['cycles']} for {report['block_pairs']} block pairs "
-        f"({report['block_pairs'] / report['cycles']:.3f} per cycle); simulation {seconds:.1f} s "
-        f"({'built' if result.built else 'reused'} model)")
-    say(f"  activation blocks in FP8: {report['activation_fp8_blocks']} of {report['activation_blocks']} "
-        f"({report['activation_fp8_blocks'] / report['activation_blocks']:.1%})")
+    if args.tile:
+        report = _tile_report(report, params, following, plan.weights[args.layer], say)
+        say(f"  simulation {seconds:.1f} s ({'built' if result.built else 'reused'} model)")
+    else:
+        _engine_report(report, seconds, result, say)
     say("\n" + HEADER)
     for row in rows:
         say(row_line(row))
@@ -169,9 +209,43 @@ def run_e2e(args, pool, say=print, on_started=lambda: None):
     return summary
 
 
-def _timed(function, *args):
+def _timed(function, *args, **kwargs):
     start = time.perf_counter()
-    return function(*args), time.perf_counter() - start
+    return function(*args, **kwargs), time.perf_counter() - start
+
+
+def _engine_report(report, seconds, result, say):
+    outputs = report["tokens"] * report["out_features"]
+    say(f"  outputs compared: {outputs} FP32 values, mismatches: {report['mismatches']}")
+    say(f"  cycles: {report['cycles']} for {report['block_pairs']} block pairs "
+        f"({report['block_pairs'] / report['cycles']:.3f} per cycle); simulation {seconds:.1f} s "
+        f"({'built' if result.built else 'reused'} model)")
+    say(f"  activation blocks in FP8: {report['activation_fp8_blocks']} of {report['activation_blocks']} "
+        f"({report['activation_fp8_blocks'] / report['activation_blocks']:.1%})")
+
+
+def _tile_report(report, params, following, weights, say):
+    """The tile bench's report in the engine report's terms (the summary and e2e.md read those), plus the
+    tile's own figures."""
+    from fgmp.golden.tile import tile_weight_bits
+
+    run = report["runs"][0]
+    bits = tile_weight_bits(weights, params["lanes"], fp8_capacity=params["fp8_weight_blocks"])
+    exact = tile_weight_bits(weights, params["lanes"])
+    blocks = run["tokens"] * run["outputs"] // 16 if following else 0
+    say(f"  tile ({params['lanes']} lanes, activation unit {params['elements_per_cycle']} element(s) per cycle) "
+        f"loaded over AXI4-Lite: {run['tokens'] * run['outputs']} FP32 outputs"
+        + (f" and {blocks} next-layer blocks (registers of {following})" if following else "")
+        + f" compared, mismatches: {report['mismatches']}")
+    say(f"  cycles: {run['cycles']} for {run['ideal_cycles']} block pairs per lane (utilisation "
+        f"{run['utilisation']:.1%})")
+    say(f"  weight memory: {exact['fgmp']:,} bits stored ({exact['fgmp'] / exact['fp8_only']:.3f}x an FP8-only "
+        f"tile's {exact['fp8_only']:,}); generated {bits['fgmp']:,} bits ({bits['fgmp'] / bits['fp8_only']:.3f}x), "
+        f"high memories sized for the fullest lane ({exact['max_lane_fp8_blocks']} FP8 blocks)")
+    return {**report, "tokens": run["tokens"], "out_features": run["outputs"], "cycles": run["cycles"],
+            "block_pairs": run["ideal_cycles"] * params["lanes"], "activation_fp8_blocks": run["next_fp8_blocks"],
+            "activation_blocks": blocks, "tile": {**run, "params": params, "next_layer": following,
+                                                  "weight_bits": exact, "generated_weight_bits": bits}}
 
 
 def _run(args):
@@ -224,7 +298,7 @@ def _change(row):
 def _markdown(summary):
     bench = summary["bench"]
     lines = [f"# fgmp e2e: {summary['model']} / `{summary['layer']}`", "",
-             f"Engine ({summary['lanes']} lanes) on {summary['simulator']}: {bench['tokens'] * bench['out_features']} "
+             f"{'Tile' if 'tile' in bench else 'Engine'} ({summary['lanes']} lanes) on {summary['simulator']}: {bench['tokens'] * bench['out_features']} "
              f"outputs compared bit for bit, **{bench['mismatches']} mismatches**; {bench['cycles']} cycles for "
              f"{bench['block_pairs']} block pairs; activation blocks in FP8: {bench['activation_fp8_blocks']} of "
              f"{bench['activation_blocks']}.", "",
@@ -278,6 +352,9 @@ def add_commands(commands):
     e2e.add_argument("--tokens", type=int, default=4, help="captured tokens streamed through the engine")
     e2e.add_argument("--lanes", type=int, default=4)
     e2e.add_argument("--simulator", choices=SIMULATORS, default="verilator")
+    e2e.add_argument("--tile", action="store_true",
+                     help="run the layer through the FGMP tile (memories loaded over AXI4-Lite, next-layer blocks "
+                          "by its activation unit) instead of the streaming engine")
     e2e.add_argument("--calib-samples", type=int, default=16)
     e2e.add_argument("--eval-samples", type=int, default=16)
     e2e.add_argument("--energy-lanes", type=int, default=1,

@@ -15,6 +15,8 @@ from .packing import pack_blocks, pack_e2m1, unpack_blocks, unpack_e2m1
 from .bfloat16 import bf16_bits_to_fp32, fp32_to_bf16_bits
 from .actq import ActivationBlocks, ActivationConfig, exact_decisions, exact_scores, quantize_activations
 from .engine import engine_dot, engine_layer_output
+from .postproc import postprocess, scale_fp32_bits
+from .tile import TileStep, activation_words, tile_layer, tile_scale_bits, tile_weight_bits, weight_images
 from .dot import ACCUMULATOR_LSB_EXPONENT, CANONICAL_NAN_BITS, bits_to_float32, fake_quant_matmul, layer_output, unit_dot
 
 __all__ = [
@@ -23,5 +25,6 @@ __all__ = [
     "encode", "encode_ratio", "pack_blocks", "pack_e2m1", "unpack_blocks", "unpack_e2m1",
     "bf16_bits_to_fp32", "fp32_to_bf16_bits", "ACCUMULATOR_LSB_EXPONENT", "CANONICAL_NAN_BITS", "bits_to_float32", "fake_quant_matmul",
     "layer_output", "unit_dot", "ActivationBlocks", "ActivationConfig", "exact_decisions", "exact_scores",
-    "quantize_activations", "engine_dot", "engine_layer_output",
+    "quantize_activations", "engine_dot", "engine_layer_output", "postprocess", "scale_fp32_bits", "TileStep",
+    "activation_words", "tile_layer", "tile_scale_bits", "tile_weight_bits", "weight_images",
 ]
