@@ -3,7 +3,8 @@
 Every unit is generated, linted and checked bit for bit against the golden model on each simulator:
 the decoders on every code, the dot unit on random reductions with idle cycles and back-pressure (and
 on every element code pair on Verilator, where that takes seconds), the activation unit and the engine
-on random BF16 blocks under several configurations. Then a layer of the embedded model runs end to end
+on random BF16 blocks under several configurations, the tile (Verilator) on random layers loaded and read
+back over AXI4-Lite. Then a layer of the embedded model runs end to end
 (``fgmp e2e``: perplexity, weight memory, the layer through the engine, the energy proxy). The
 exhaustive suites on every configuration are the tests' (``make test``).
 
@@ -25,6 +26,11 @@ __all__ = ["Check", "run_demo", "add_command"]
 DOT = {"lanes": 8, "pipeline_stages": 1}
 QUANTIZER = {"max_channels": 64, "pipeline_stages": 2}
 ENGINE_LANES = 4
+# The tile on random layers over AXI4-Lite (a second layer reads what the first wrote); Verilator only: the
+# tile takes Icarus tens of milliseconds a cycle (its own test runs a smaller one there).
+TILE = ({"lanes": 4, "max_inputs": 64, "max_outputs": 64, "max_tokens": 4, "elements_per_cycle": 2},
+        [{"tokens": 3, "inputs": 64, "outputs": 32, "specials": False}, {"chain": True, "outputs": 48},
+         {"tokens": 2, "inputs": 32, "outputs": 64, "fp8": 0.6, "x_base": 5}])
 
 
 @dataclass(frozen=True)
@@ -44,15 +50,18 @@ class Check:
 
 def _verilog(out):
     """Generate and lint every unit the demo simulates; returns [(module, path)]."""
-    from fgmp.hw import ActivationQuantizer, Decoder, DotUnit, Engine
+    from fgmp.hw import ActivationQuantizer, Decoder, DotUnit, Engine, Tile
     from fgmp.hw.verilog import lint, write_verilog
     from fgmp.sim.decoders import DECODER_FORMATS, decoder_top
     from fgmp.sim.dot import dot_top
+    from fgmp.sim.tile import tile_top
 
     units = [(decoder_top(name), Decoder(format=fmt), None) for name, fmt in DECODER_FORMATS.items()]
     dot = DotUnit(**DOT)
     units += [(dot_top(dot), dot, DOT), ("fgmp_actq", ActivationQuantizer(**QUANTIZER), QUANTIZER),
               (f"fgmp_engine_l{ENGINE_LANES}", Engine(**_engine()), _engine())]
+    tile = Tile(**TILE[0])
+    units.append((tile_top(tile), tile, TILE[0]))
     written = []
     for top, unit, params in units:
         path = write_verilog(unit, top, out / "verilog", params=params)
@@ -120,6 +129,17 @@ def _engine_bench(simulator, root):
                   report["mismatches"], seconds, result.built)]
 
 
+def _tile(simulator, root):
+    from fgmp.sim.tile import run_tile_bench
+
+    params, layers = TILE
+    result, seconds = _timed(lambda: run_tile_bench(params, simulator, root, layers, idle=0.3, backpressure=0.3))
+    report = result.report
+    pairs = sum(r["ideal_cycles"] for r in report["runs"]) * params["lanes"]
+    return [Check(f"tile L={params['lanes']}", simulator, f"{len(layers)} layers over AXI4-Lite, chained",
+                  pairs, "block pairs", report["checked"], report["mismatches"], seconds, result.built)]
+
+
 class _Progress:
     """One line per finished step, from whichever thread finished it."""
 
@@ -165,7 +185,7 @@ def run_demo(out, simulators, *, jobs, e2e_args):
                 verilog = pool.defer(_verilog, out)
                 verilog.add_done_callback(lambda f: f.cancelled() or f.exception() or progress(
                     f"generated and linted {len(f.result())} modules (verilator -Wall) in {out / 'verilog'}"))
-                steps = [(_engine_bench, "verilator"), (_dot, "verilator"), (_quantizer, "verilator"),
+                steps = [(_engine_bench, "verilator"), (_tile, "verilator"), (_dot, "verilator"), (_quantizer, "verilator"),
                          (_decoders, "verilator"), (_engine_bench, "icarus"), (_quantizer, "icarus"),
                          (_dot, "icarus"), (_decoders, "icarus")]
                 for step, simulator in steps:
@@ -200,7 +220,7 @@ def run_demo(out, simulators, *, jobs, e2e_args):
 def _print_report(checks, summary, lines, seconds, out, simulators):
     print("\nUnits generated, linted and simulated against the golden model\n")
     print(f"{'unit':<26}{'simulator':<11}{'suite':<34}{'vectors':>9}{'results':>9}{'mismatches':>12}")
-    order = {name: i for i, name in enumerate(("decoders", "dot", "activation", "engine"))}
+    order = {name: i for i, name in enumerate(("decoders", "dot", "activation", "engine", "tile"))}
     for c in sorted(checks, key=lambda c: (order[c.unit.split()[0]], c.simulator)):
         print(f"{c.unit:<26}{c.simulator:<11}{c.suite:<34}{c.vectors:>9}{c.results:>9}{c.mismatches:>12}")
     print("\nvectors: codes, element code pairs, block pairs or BF16 blocks fed to the unit; results: outputs "

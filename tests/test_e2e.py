@@ -82,7 +82,7 @@ def test_layer_bench_takes_relative_directories(elsewhere):
 
 
 DEMO_VERILOG = ["e2m1_decoder.v", "e4m3_decoder.v", "fgmp_actq.v", "fgmp_dot_l8.v", "fgmp_engine_l4.v",
-                "ue4m3_decoder.v"]
+                "fgmp_tile_l4.v", "ue4m3_decoder.v"]
 
 
 def _demo_configurations_are_the_suites():
@@ -106,7 +106,7 @@ def test_demo_with_a_relative_out(elsewhere, capsys):
     assert bench["mismatches"] == 0 and bench["checked"] == 4 * 768 + 1
     printed = capsys.readouterr().out
     summary = printed[printed.index("Summary"):]
-    assert "outputs of 5 unit suites and the end-to-end layer against the golden model: 0 mismatches" in summary
+    assert "outputs of 6 unit suites and the end-to-end layer against the golden model: 0 mismatches" in summary
     assert "memory    5.763 bits per weight" in summary and "energy" not in summary
     assert f"outputs   {directory}" in summary
 
@@ -121,7 +121,7 @@ def test_demo_in_its_default_out(elsewhere, capsys):
     assert not (directory / "e2e").exists()
     printed = capsys.readouterr().out
     summary = printed[printed.index("Summary"):]
-    assert "outputs of 5 unit suites against the golden model: 0 mismatches" in summary
+    assert "outputs of 6 unit suites against the golden model: 0 mismatches" in summary
     assert "perplexity" not in summary and "memory" not in summary and f"outputs   {directory}" in summary
 
 

@@ -13,6 +13,7 @@ from fgmp.golden.tile import (activation_blocks, activation_words, tile_layer, t
 from fgmp.hw.tile import Tile
 from fgmp.sim.actq_stimuli import random_bf16, random_configs
 from fgmp.sim.runner import SIMULATORS
+from fgmp.demo import TILE
 from fgmp.sim.tile import run_tile_bench
 
 
@@ -107,9 +108,7 @@ def test_tile_memories_follow_the_parameters():
 # second layer reading the first one's blocks; refused requests. Verilator: L = 4 with E = 2 (two beats per
 # result); Icarus, which takes ~50 ms per cycle on the tile, a 2-lane tile on smaller layers.
 BENCHES = {
-    "verilator": ({"lanes": 4, "max_inputs": 64, "max_outputs": 64, "max_tokens": 4, "elements_per_cycle": 2},
-                  [{"tokens": 3, "inputs": 64, "outputs": 32, "specials": False}, {"chain": True, "outputs": 48},
-                   {"tokens": 2, "inputs": 32, "outputs": 64, "fp8": 0.6, "x_base": 5}]),
+    "verilator": TILE,  # the demo's (one build per session)
     "icarus": ({"lanes": 2, "max_inputs": 32, "max_outputs": 32, "max_tokens": 2, "elements_per_cycle": 2,
                 "activation_blocks": 16},
                [{"tokens": 2, "inputs": 32, "outputs": 32, "specials": False}, {"chain": True, "outputs": 16},
