@@ -44,13 +44,20 @@ _ACTQ = [
 # question there is what the activation unit adds; its own breakdown is in the actq report. A rule's
 # third field is a hierarchy prefix the name must carry, removed before the pattern is matched.
 _ENGINE = [("activation unit", r".", "quantizer.")] + [(name, pattern, "dot.") for name, pattern in _DOT]
+# The tile (hw/tile.py): its parts by hierarchy prefix; the memories by the names hw/tile.py gives them
+# (a memory's cells drive its read data); the sequencer, registers and output path are control.
+_TILE = [("dot unit", r".", "dot."), ("post-processing", r".", "postproc."), ("activation unit", r".", "quantizer."),
+         ("bus bridge", r".", "bridge."), ("memories", r"^(activations|outputs|weights_(low|high)\d+)\b")]
+_POSTPROC = [("post-processing", r".")]
 # Reference circuits (hw/reference.py): the operation's gates, and the operand and result registers.
 _REFERENCE = [("registers", r"^(a_q|b_q|result)$"), ("arithmetic", r"^result_comb$")]
 GROUP_RULES = {"dot": _DOT, "actq": _ACTQ, "engine": _ENGINE, "decoder": [("decoder", r".")],
-               "reference": _REFERENCE}
+               "reference": _REFERENCE, "tile": _TILE, "postproc": _POSTPROC, "actq_narrow": _ACTQ}
 # Datapath order (input to output), for tables and plots; pipeline registers and control last.
 GROUP_ORDER = [name for rules in (_ENGINE, _ACTQ, _REFERENCE) for name, *_ in rules if name != _PIPELINE[0]] + [
     _PIPELINE[0], CONTROL]
+GROUP_ORDER[-2:-2] = [name for name in dict.fromkeys(name for rules in (_TILE, _POSTPROC) for name, *_ in rules)
+                      if name not in GROUP_ORDER]
 
 
 def group_attribute(group):
