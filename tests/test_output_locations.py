@@ -15,7 +15,7 @@ from fgmp.cli import build_parser, main
 # Commands with an --out option -> where their own tests run them relative and by default.
 COVERED = {
     "generate decoders": __name__, "generate dot": __name__, "generate actq": __name__,
-    "generate engine": __name__, "quantize": __name__, "area": __name__, "timing": __name__,
+    "generate engine": __name__, "generate tile": __name__, "quantize": __name__, "area": __name__, "timing": __name__,
     "constraints": __name__, "bitstream": __name__, "e2e": "test_e2e", "demo": "test_e2e",
 }
 
@@ -56,6 +56,7 @@ GENERATE = {
     "dot": (["--lanes", "1", "--block-size", "2", "--max-blocks", "4"], ["fgmp_dot_l1.v"]),
     "actq": (["--block-size", "2", "--max-channels", "4"], ["fgmp_actq.v"]),
     "engine": (["--lanes", "1", "--block-size", "2", "--max-channels", "4"], ["fgmp_engine_l1.v"]),
+    "tile": (["--lanes", "1", "--max-inputs", "16", "--max-outputs", "16", "--max-tokens", "1"], ["fgmp_tile_l1.v"]),
 }
 
 
