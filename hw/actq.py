@@ -47,6 +47,15 @@ _UE4M3_448 = 0x7E
 _E4M3_NAN = 0x7F
 
 
+def configuration_layout(table_depth, block_size):
+    """The ``config`` port of the activation units (this one and the narrow one): table row writes and the
+    registers, so that an integrator drives either the same way."""
+    return data.StructLayout({
+        "table_write": 1, "table_row": range(table_depth), "table_data": data.ArrayLayout(8, block_size),
+        "set_registers": 1, "scale_exponent": signed(8), "threshold": 32, "clear_counters": 1,
+    })
+
+
 def check_parameters(*, block_size, max_channels, pipeline_stages):
     """The generator parameters' checks, shared with the engine; raises TypeError/ValueError."""
     check_count("Block size", block_size, 1)
@@ -94,10 +103,7 @@ class ActivationQuantizer(wiring.Component):
         if passthrough is not None:
             in_fields["passthrough"] = out_fields["passthrough"] = passthrough
         in_layout, out_layout = data.StructLayout(in_fields), data.StructLayout(out_fields)
-        config_layout = data.StructLayout({
-            "table_write": 1, "table_row": range(self._table_depth), "table_data": data.ArrayLayout(8, block_size),
-            "set_registers": 1, "scale_exponent": signed(8), "threshold": 32, "clear_counters": 1,
-        })
+        config_layout = configuration_layout(self._table_depth, block_size)
         super().__init__({
             "i": In(stream.Signature(in_layout)),
             "o": Out(stream.Signature(out_layout)),

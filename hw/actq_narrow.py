@@ -30,8 +30,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .actq import (_SCALE_6, _SCALE_448, _UE4M3_448, _larger, _larger_magnitude, _tree, align_score,
-                   check_parameters, decode_scale, element_codes, normalized_scale, perturbation, score_above,
-                   score_term, score_width, term_leading, truncate_delta, unpack_bf16, windowed_term)
+                   check_parameters, configuration_layout, decode_scale, element_codes, normalized_scale, perturbation,
+                   score_above, score_term, score_width, term_leading, truncate_delta, unpack_bf16, windowed_term)
 from .arith import normalize, round_ratio, square
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
@@ -80,10 +80,7 @@ class NarrowActivationQuantizer(wiring.Component):
         self._table_depth = max(self._rows, 2)  # as ActivationQuantizer: no zero-width row address
         in_layout = data.StructLayout({"values": data.ArrayLayout(16, elements_per_cycle), "first": 1, "last": 1})
         out_layout = data.StructLayout({"block": block_layout(("nvfp4", "fp8"), block_size), "first": 1, "last": 1})
-        config_layout = data.StructLayout({
-            "table_write": 1, "table_row": range(self._table_depth), "table_data": data.ArrayLayout(8, block_size),
-            "set_registers": 1, "scale_exponent": signed(8), "threshold": 32, "clear_counters": 1,
-        })
+        config_layout = configuration_layout(self._table_depth, block_size)
         super().__init__({
             "i": In(stream.Signature(in_layout)),
             "o": Out(stream.Signature(out_layout)),
