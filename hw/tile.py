@@ -4,14 +4,14 @@ into the next layer's activation blocks, all behind one AXI4-Lite port."""
 
 from dataclasses import dataclass
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .actq import check_parameters as check_actq_parameters
 from .actq_narrow import NarrowActivationQuantizer
 from .axil import AXI4LiteBridge, AXI4LiteSignature
-from .dot import DATAPATHS, MAX_PIPELINE_STAGES as DOT_MAX_STAGES, DotUnit, block_layout
+from .dot import DATAPATHS, MAX_PIPELINE_STAGES as DOT_MAX_STAGES, DotUnit
 from .pipeline import check_count, check_pipeline_stages
 from .postproc import MAX_PIPELINE_STAGES as POSTPROC_MAX_STAGES, PostProcessor
 
