@@ -32,7 +32,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   terms            F * Δ̂² (P >= 3)
 #   top              the largest term's position E, before the window and sum
 #   sum              the windowed sum, before the threshold compare
-#   align            the score and T as leading positions and significands aligned to bit 47, before the compare
+#   align            the windowed sum and T's bound in its frame (floor(T * 2**(85 - E))), before the compare
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
         "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align")
 # The deepest pipeline this unit places cuts for.
@@ -40,7 +40,8 @@ MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
 _DELTA_BITS = 12
 _WINDOW_BITS = 40
-_SCORE_LSB = -45
+_SCORE_LSB = -45  # a windowed sum's unit is 2**(E - 40 - 45)
+_FP32_BIAS_AND_MANTISSA = 127 + 23
 _SCALE_448 = (14, 5)  # 448 = 14 * 2**5, as a normalised (4-bit significand, exponent) pair
 _SCALE_6 = (12, -1)  # 6 = 12 * 2**-1
 _UE4M3_448 = 0x7E
@@ -537,40 +538,30 @@ def score_width(block_size):
 
 
 def align_score(m, total, top, threshold):
-    """score = total * 2**(E - 85) and T = t_sig * 2**t_exp (FP32 bits) as leading positions and
-    significands aligned to bit 47, with the zero and Inf flags: what ``score_above`` compares."""
+    """score = total * 2**(E - 85) against T = t_sig * 2**(t_field - 150) (FP32 bits, sign ignored), brought
+    into the integer frame of ``total``: score > T exactly when total > floor(T * 2**(85 - E)), as ``total`` is
+    an integer. That bound is T's significand shifted once (no normalisation of either side), with two
+    flags: ``never`` when T is Inf/NaN or at least 2**W (W = ``total``'s width: no windowed sum reaches it),
+    and a bound of 0 when T is zero, subnormal or below 1 in that frame (any nonzero score is at least
+    2**-85, above every subnormal). What ``score_above`` compares."""
+    width = len(total)
     t_field, t_mantissa = threshold[23:31], threshold[:23]
-    t_sig = Signal(24, name="t_sig")
-    m.d.comb += t_sig.eq(Cat(t_mantissa, t_field.any()))
-    t_inf = Signal(name="t_inf")
-    t_zero = Signal(name="t_zero")
-    score_zero = Signal(name="score_zero")
-    m.d.comb += [t_inf.eq(t_field.all()), t_zero.eq(t_sig == 0), score_zero.eq(total == 0)]
-    total_msb = leading_one(m, total, "score")
-    t_msb = leading_one(m, t_sig, "t")
-    score_position = Signal(signed(10), name="score_position")
-    t_position = Signal(signed(10), name="t_position")
-    m.d.comb += [score_position.eq(total_msb + top + (_SCORE_LSB - _WINDOW_BITS)),
-                 t_position.eq(t_msb + Mux(t_field.any(), t_field, 1) - 150)]
-    score_aligned = Signal(48, name="score_aligned")
-    t_aligned = Signal(48, name="t_aligned")
-    score_shift = Signal(range(48), name="score_shift")
-    t_shift = Signal(range(48), name="t_shift")
-    m.d.comb += [score_shift.eq(47 - total_msb), t_shift.eq(47 - t_msb),
-                 score_aligned.eq(total << score_shift), t_aligned.eq(t_sig << t_shift)]
-    return {"score_position": score_position, "t_position": t_position, "score_aligned": score_aligned,
-            "t_aligned": t_aligned, "score_zero": score_zero, "t_zero": t_zero, "t_inf": t_inf}
+    # T * 2**(85 - E) = t_sig * 2**offset for a normal T; its floor is 0 below offset = -23.
+    offset = Signal(signed(10), name="t_offset")
+    m.d.comb += offset.eq(t_field - top - (_FP32_BIAS_AND_MANTISSA + _SCORE_LSB - _WINDOW_BITS))
+    shift = Signal(range(width), name="t_shift")
+    m.d.comb += shift.eq(offset + 23)
+    shifted = Signal(23 + width, name="t_shifted")
+    m.d.comb += shifted.eq(Cat(t_mantissa, 1) << shift)
+    bound = Signal(width, name="t_bound")
+    never = Signal(name="t_never")
+    m.d.comb += [bound.eq(Mux((t_field == 0) | (offset < -23), 0, shifted[23:])),
+                 never.eq(t_field.all() | (offset > width - 24))]
+    return {"total": total, "bound": bound, "never": never}
 
 
 def score_above(m, aligned):
     """score > T, exactly, from ``align_score``'s result."""
     greater = Signal(name="score_above_threshold")
-    with m.If(aligned["score_zero"] | aligned["t_inf"]):
-        m.d.comb += greater.eq(0)
-    with m.Elif(aligned["t_zero"]):
-        m.d.comb += greater.eq(1)
-    with m.Elif(aligned["score_position"] != aligned["t_position"]):
-        m.d.comb += greater.eq(aligned["score_position"] > aligned["t_position"])
-    with m.Else():
-        m.d.comb += greater.eq(aligned["score_aligned"] > aligned["t_aligned"])
+    m.d.comb += greater.eq(~aligned["never"] & (aligned["total"] > aligned["bound"]))
     return greater

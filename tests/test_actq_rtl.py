@@ -4,13 +4,18 @@ the counters, the table and parameter validation."""
 
 import math
 import random
+import struct
+from fractions import Fraction
 
 import pytest
 import torch
 
 from fgmp import golden
 from fgmp.hw import ActivationQuantizer
-from fgmp.hw.actq import MAX_PIPELINE_STAGES
+from fgmp.hw.actq import MAX_PIPELINE_STAGES, align_score, score_above, score_width
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fgmp.sim.actq_stimuli import config_writes, median_threshold, random_bf16
@@ -170,3 +175,58 @@ def test_invalid_parameters(kwargs, error, message):
     with pytest.raises(error) as info:
         ActivationQuantizer(**kwargs)
     assert str(info.value) == message
+
+
+class _Decision(wiring.Component):
+    """hw/actq.py's threshold compare alone: score = total * 2**(top - 85) > T."""
+
+    def __init__(self):
+        super().__init__({"total": In(score_width(B)), "top": In(range(94)), "threshold": In(32), "greater": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.greater.eq(score_above(m, align_score(m, self.total, self.top, self.threshold)))
+        return m
+
+
+def _exact_greater(total, top, threshold_bits):
+    field, mantissa = (threshold_bits >> 23) & 0xFF, threshold_bits & 0x7FFFFF
+    if field == 0xFF:  # Inf and NaN: never above
+        return False
+    t = Fraction(mantissa | (field > 0) << 23) * Fraction(2) ** (max(field, 1) - 150)
+    return Fraction(total) * Fraction(2) ** (top - 85) > t
+
+
+def test_score_against_threshold_is_exact():
+    """The compare in T's integer frame against exact rationals: T at one FP32 step either side of the
+    score and on it, T at the frame's edges (floor 0 / below 2**45 / past it), zero, subnormal, Inf, NaN."""
+    rng = random.Random(11)
+    width = score_width(B)
+    cases = []
+    for _ in range(3000):
+        top = rng.choice([0, 1, 93, rng.randrange(94)])
+        total = rng.choice([0, 1, (1 << width) - 1, rng.getrandbits(rng.randrange(1, width + 1))])
+        score = float(total) * 2.0 ** (top - 85)
+        nearest = struct.unpack("<I", struct.pack("<f", score))[0] if score < 3e38 else 0x7F7FFFFF
+        edge = top + 65 + rng.choice([-25, -24, -23, -22, 20, 21, 22, 23])  # offset of T's frame
+        cases.append((total, top, rng.choice([
+            nearest, nearest + 1, max(nearest - 1, 0), rng.getrandbits(32) & 0x7FFFFFFF,
+            rng.getrandbits(31) | 1 << 31,  # the sign is ignored
+            (min(max(edge, 1), 254) << 23) | rng.getrandbits(23),
+            0, rng.getrandbits(23), 0x7F800000, 0x7FC00000, 0x7F7FFFFF, 0x00800000])))
+    dut = _Decision()
+    got = []
+
+    async def testbench(ctx):
+        for total, top, threshold in cases:
+            ctx.set(dut.total, total)
+            ctx.set(dut.top, top)
+            ctx.set(dut.threshold, threshold)
+            got.append(bool(ctx.get(dut.greater)))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    want = [_exact_greater(total, top, t & 0x7FFFFFFF) for total, top, t in cases]
+    assert got == want
+    assert 0.2 < sum(want) / len(want) < 0.8  # both outcomes, often
