@@ -196,15 +196,16 @@ class NarrowActivationQuantizer(wiring.Component):
             m.d.sync += [running_amax[0].eq(amax[0]), running_amax[1].eq(amax[1]), running_inf.eq(has_inf),
                          running_forced.eq(forced)]
 
+        # The block's elements: slot b holds beat b. The scale stage reads a block's slots in order in the N
+        # enabled cycles after its last beat, and the next block's beat b can be taken no earlier than the
+        # edge that reads slot b (which then sees the old value): one block of storage suffices.
         chunk = data.ArrayLayout(16, E)
-        gathered = [Signal(chunk, name=f"gather{b}") for b in range(N - 1)]
-        if gathered:
-            with m.If(take):
-                m.d.sync += [gathered[b].eq(gathered[b + 1]) for b in range(N - 2)]
-                m.d.sync += gathered[-1].eq(self.i.payload.values)
+        slots = [Signal(chunk, name=f"slot{b}") for b in range(N)]
+        for b in range(N):
+            with m.If(take & (beat == b)):
+                m.d.sync += slots[b].eq(self.i.payload.values)
 
-        # The block register H, loaded by the last beat and shifted out one chunk per cycle.
-        held_values = [Signal(chunk, name=f"block{b}") for b in range(N)]
+        # The block's scalars, loaded by its last beat, held while its slots are read out.
         held = {key: Signal(shape, name=f"h_{key}") for key, shape in (
             ("amax_sig", 8), ("amax_exp", signed(11)), ("has_inf", 1), ("forced", 1), ("first", 1), ("last", 1),
             ("k", signed(8)), ("threshold", 32))}
@@ -212,13 +213,10 @@ class NarrowActivationQuantizer(wiring.Component):
         index = counter("h_index")
         m.d.comb += [read.addr.eq(info["row"]), read.en.eq(take & last_beat)]
         with m.If(enable & active):
-            m.d.sync += [held_values[b].eq(held_values[b + 1]) for b in range(N - 1)]
             m.d.sync += count(index)
             with m.If(index == N - 1):
                 m.d.sync += active.eq(0)
         with m.If(take & last_beat):
-            m.d.sync += [held_values[b].eq(gathered[b]) for b in range(N - 1)]
-            m.d.sync += held_values[-1].eq(self.i.payload.values)
             m.d.sync += [held["amax_sig"].eq(amax[0]), held["amax_exp"].eq(amax[1]), held["has_inf"].eq(has_inf),
                          held["forced"].eq(forced), active.eq(1)]
             m.d.sync += restart(index)
@@ -241,7 +239,8 @@ class NarrowActivationQuantizer(wiring.Component):
              "index": counter("x_index")}
         x_valid = Signal(name="x_valid")
         with m.If(enable):
-            m.d.sync += [x_valid.eq(active), x["values"].eq(held_values[0]),
+            m.d.sync += [x_valid.eq(active),
+                         x["values"].eq(Cat(*slots).word_select(index, 16 * E) if N > 1 else slots[0]),
                          x["f"].eq(read.data.as_value().word_select(index, 8 * E) if N > 1 else read.data),
                          x["s4"].eq(s4),
                          x["s8"].eq(s8_used)]
@@ -254,9 +253,10 @@ class NarrowActivationQuantizer(wiring.Component):
         s8_sig, s8_exp = normalized_scale(m, decode_scale(m, x["s8"], "s8_dec"), "s8_dec")
         s4_decoded = decode_scale(m, x["s4"], "s4_dec_value")
         s8_decoded = decode_scale(m, x["s8"], "s8_dec_value")
-        collected_layout = data.StructLayout({"q4": 4, "q8": 8, "tm": _TERM_MANTISSA_BITS, "te": _TERM_EXPONENT_BITS})
-        terms_chunk = data.ArrayLayout(collected_layout, E)
-        beat_terms = Signal(terms_chunk, name="beat_terms")
+        code_layout = data.ArrayLayout(data.StructLayout({"q4": 4, "q8": 8}), E)
+        term_layout = data.ArrayLayout(data.StructLayout({"tm": _TERM_MANTISSA_BITS, "te": _TERM_EXPONENT_BITS}), E)
+        beat_codes = Signal(code_layout, name="beat_codes")
+        beat_terms = Signal(term_layout, name="beat_terms")
         leading = []
         for e in range(E):
             element = unpack_bf16(m, x["values"][e], x["k"], f"x{e}")
@@ -267,48 +267,46 @@ class NarrowActivationQuantizer(wiring.Component):
             mantissa, shift = truncate_delta(m, perturbation(m, s4_decoded, s8_decoded, q4, q8, e), e)
             tm, te = score_term(m, x["f"][8 * e:8 * e + 8], square(m, mantissa, f"dm{e}"), shift, e)
             leading.append(term_leading(m, tm, te, e))
-            m.d.comb += [beat_terms[e].q4.eq(q4), beat_terms[e].q8.eq(q8), beat_terms[e].tm.eq(tm),
+            m.d.comb += [beat_codes[e].q4.eq(q4), beat_codes[e].q8.eq(q8), beat_terms[e].tm.eq(tm),
                          beat_terms[e].te.eq(te)]
         beat_top = _tree(leading, lambda a, b, name: _larger(m, a, b, name), "beat_top")
         running_top = Signal(_LEADING_RANGE, name="top_run")
         top = Signal(_LEADING_RANGE, name="block_top")
         m.d.comb += top.eq(Mux(x["index"] == 0, beat_top, _larger(m, running_top, beat_top, "top_merge")))
-        collected = [Signal(terms_chunk, name=f"collect{b}") for b in range(N - 1)]
+        collected = [Signal(code_layout, name=f"collect{b}") for b in range(N - 1)]
         x_last_beat = x_valid & (x["index"] == N - 1)
         with m.If(enable & x_valid):
             m.d.sync += running_top.eq(top)
             if collected:
                 m.d.sync += [collected[b].eq(collected[b + 1]) for b in range(N - 2)]
-                m.d.sync += collected[-1].eq(beat_terms)
+                m.d.sync += collected[-1].eq(beat_codes)
 
-        # The term buffer H2: codes held whole, terms shifted out one chunk per cycle.
-        codes = [[(Signal(4, name=f"h2_q4_{b * E + e}"), Signal(8, name=f"h2_q8_{b * E + e}")) for e in range(E)]
-                 for b in range(N)]
-        terms = [[(Signal(_TERM_MANTISSA_BITS, name=f"h2_tm{b * E + e}"),
-                   Signal(_TERM_EXPONENT_BITS, name=f"h2_te{b * E + e}")) for e in range(E)] for b in range(N)]
+        # The terms wait N enabled cycles in a delay line: a block's beats pass the element stage in N
+        # consecutive enabled cycles, and its window sum reads them in the N after (once the block's top is
+        # known), so beat b's terms are at the line's end exactly when the sum needs them; no block buffer.
+        delay = [Signal(term_layout, name=f"h2_terms{k}") for k in range(N)]
+        with m.If(enable):
+            m.d.sync += [delay[0].eq(beat_terms)] + [delay[k].eq(delay[k - 1]) for k in range(1, N)]
+
+        # The codes, held whole until the decision; the block's scalars for its sum and decision.
+        codes = [Signal(code_layout, name=f"h2_codes{b}") for b in range(N)]
         summing = {key: Signal(shape, name=f"h2_{key}") for key, shape in (
             ("top", _LEADING_RANGE), ("s4", 8), ("s8", 8), ("threshold", 32), ("first", 1), ("last", 1),
             ("forced", 1))}
         sum_active = Signal(name="h2_active")
         sum_index = counter("h2_index")
         with m.If(enable & sum_active):
-            m.d.sync += [Cat(*terms[b][e]).eq(Cat(*terms[b + 1][e])) for b in range(N - 1) for e in range(E)]
             m.d.sync += count(sum_index)
             with m.If(sum_index == N - 1):
                 m.d.sync += sum_active.eq(0)
         with m.If(enable & x_last_beat):
-            buffers = collected + [beat_terms]
-            for b in range(N):
-                for e in range(E):
-                    m.d.sync += [Cat(*codes[b][e]).eq(Cat(buffers[b][e].q4, buffers[b][e].q8)),
-                                 Cat(*terms[b][e]).eq(Cat(buffers[b][e].tm, buffers[b][e].te))]
+            m.d.sync += [codes[b].eq(buffered) for b, buffered in enumerate(collected + [beat_codes])]
             m.d.sync += [summing["top"].eq(top), sum_active.eq(1)]
             m.d.sync += restart(sum_index)
-            m.d.sync += [summing[key].eq(x[key]) for key in ("s4", "threshold", "first", "last", "forced")]
-            m.d.sync += summing["s8"].eq(x["s8"])
+            m.d.sync += [summing[key].eq(x[key]) for key in ("s4", "s8", "threshold", "first", "last", "forced")]
 
         # ---- 4. window sum: E terms per cycle below the block's top, accumulated ----
-        units = [windowed_term(m, *terms[0][e], summing["top"], e) for e in range(E)]
+        units = [windowed_term(m, delay[-1][e].tm, delay[-1][e].te, summing["top"], e) for e in range(E)]
         accumulated = Signal(score_width(B), name="score_run")
         total = Signal(score_width(B), name="score_units")
         m.d.comb += total.eq(Mux(sum_index == 0, 0, accumulated) + sum(units))
@@ -330,7 +328,7 @@ class NarrowActivationQuantizer(wiring.Component):
                 for b in range(N):
                     for e in range(E):
                         m.d.sync += self.o.payload.block.codes[b * E + e].eq(
-                            Mux(fp8, codes[b][e][1], codes[b][e][0]))
+                            Mux(fp8, codes[b][e].q8, codes[b][e].q4))
         with m.If(self.o.valid & self.o.ready):
             with m.If(self.o.payload.block.fp8):
                 m.d.sync += self.fp8_blocks.eq(self.fp8_blocks + (self.fp8_blocks != 0xFFFFFFFF))
