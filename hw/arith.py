@@ -107,15 +107,27 @@ def round_ratio(m, num_sig, num_exp, den_sig, den_exp, fmt, name):
     top bit set, or 0) and d = den_sig * 2**den_exp (den_sig 4 bits, top bit set).
 
     The quotient is formed to 9 bits plus a remainder, which covers the at most 4 significant bits, the
-    guard bit and the sticky bit every target format needs. A zero numerator gives code 0. The three
-    parts (``ratio_dividend`` divided by ``divide``/``divide_steps``, ``ratio_base``, ``round_quotient``)
-    are public so that a pipeline can place registers between them.
+    guard bit and the sticky bit every target format needs. Below the lowest guard position a format can
+    have (7 - p, p its significand bits: the leading one is at 7 or 8) quotient bits only feed the sticky
+    bit, so the restoring division stops there and its partial remainder stands for them: 4 steps for
+    E2M1, 6 for the 4-bit formats. A zero numerator gives code 0. The parts (``ratio_dividend``,
+    ``divide``/``divide_steps``, ``ratio_base``, ``round_quotient``) are public so that a pipeline can
+    place registers between them.
     """
-    quotient, remainder = divide(m, ratio_dividend(num_sig), den_sig, RATIO_QUOTIENT_BITS, name)
+    _check_ratio_format(fmt)
+    dividend = ratio_dividend(num_sig)
+    sticky_only = 7 - fmt.significand_bits
+    partial = Signal(len(den_sig), name=f"{name}_r{RATIO_QUOTIENT_BITS}")
+    m.d.comb += partial.eq(dividend >> RATIO_QUOTIENT_BITS)
+    bits, partial = divide_steps(m, dividend, den_sig, partial, range(sticky_only, RATIO_QUOTIENT_BITS), name)
+    quotient = Signal(RATIO_QUOTIENT_BITS, name=f"{name}_q")
+    inexact = Signal(name=f"{name}_inexact")  # the quotient bits below sticky_only or the remainder nonzero
+    m.d.comb += [quotient.eq(Cat(Const(0, sticky_only), *bits)),
+                 inexact.eq(partial.any() | dividend[:sticky_only].any())]
     base = ratio_base(m, num_exp, den_exp, fmt, name)
     zero = Signal(name=f"{name}_zero")
     m.d.comb += zero.eq(num_sig == 0)
-    return round_quotient(m, quotient, remainder, base, zero, fmt, name)
+    return round_quotient(m, quotient, inexact, base, zero, fmt, name)
 
 
 def ratio_dividend(num_sig):
