@@ -2,21 +2,22 @@
 ``ActivationQuantizer``, fed E = ``elements_per_cycle`` BF16 values per cycle instead of a whole block, with
 its per-element logic built E times instead of B times.
 
-A block arrives as N = B / E beats. Five stages, each holding one block for N cycles, hand blocks on by
-register (a double buffer between each pair), so blocks stream back to back at one beat per cycle:
+A block arrives as N = B / E beats and passes five stages of N cycles each, blocks back to back at one beat
+per cycle. Storage is one block's worth where a stage reads in the order it was written:
 
-1. gather: each beat's E elements are shifted into a block register (N - 1 beats) while the running
+1. gather: each beat's E elements go to slot b of an N-slot register file (beat b) while the running
    amax' (compared on the unscaled exponents: k is the same for the whole block) and the NaN/Inf flags
-   are kept. The beat that completes the block loads the block register ``H``, with the block's k, T,
-   first/last and its sensitivity row read from the table (synchronous read, on that same edge).
-2. scale: s4 and s8 from H's amax', once per block (combinational, held for the block's N cycles).
-   H is shifted out E elements per cycle, each beat registered with the scales and its E sensitivity
-   codes.
+   are kept. The beat that completes the block loads the block's scalars (amax', flags, k, T,
+   first/last) and reads its sensitivity row from the table (synchronous read, on that same edge).
+2. scale: s4 and s8 from the held amax', once per block (combinational, held for the block's N cycles).
+   The slots are read in order, one per cycle, each beat registered with the scales and its E
+   sensitivity codes. The next block's beat b is taken no earlier than the edge that reads slot b.
 3. element: E elements per cycle: both quotients and codes, |D|, Δ̂, Δ̂², F·Δ̂² (``hw/actq.py``'s
-   per-element helpers), the running maximum leading position E of the terms; codes and terms shifted
-   into block buffers; the block's last beat loads them into the buffer ``H2`` with the block's top.
-4. window sum: H2's terms shifted out E per cycle, each windowed below the block's top position and
-   summed into an accumulator.
+   per-element helpers) and the running maximum leading position E of the terms. The terms enter an
+   N-beat delay line; the codes are collected for the decision (two blocks' worth: the decision comes
+   N cycles after the block's last element beat).
+4. window sum: the delay line hands beat b's terms out exactly N enabled cycles after the element stage
+   made them, once the block's top is known; E terms per cycle are windowed below it and summed.
 5. decision: on the block's last sum beat, score > T (and the forced FP8 of non-finite input) chooses
    the codes and scale, registered into ``o``.
 
