@@ -277,10 +277,7 @@ class ActivationQuantizer(wiring.Component):
         live.update(q4=q4_codes, q8=q8_codes)
         cut("codes")
 
-        # |D| = |s4*q4 - s8*q8| * 2**18, both products at LSB 2**-18: s4 * q4 is at 2**-10 before the shift
-        # by 8, s8 * q8 at 2**-18. Only |D| is scored, and q4 and q8 both carry the element's sign or are
-        # zero, so |D| is the distance of the magnitudes (a NaN's q8 has no sign, but its block is forced
-        # to FP8, score unused).
+        # |D| = |s4*q4 - s8*q8| in units of s8's exponent (``perturbation``).
         s4_decoded = decode_scale(m, live["s4"], "s4_dec_value")
         s8_decoded = decode_scale(m, live["s8_used"], "s8_dec_value")
         deltas = []
@@ -297,7 +294,8 @@ class ActivationQuantizer(wiring.Component):
         live["squares"] = [(square(m, mantissa, f"dm{i}"), shift)
                            for i, (mantissa, shift) in enumerate(live.pop("truncated"))]
         cut("square")
-        terms = [score_term(m, live["f"][i], squared, shift, i)
+        s8_exponent = decode_scale(m, live["s8_used"], "s8_dec_term").exponent
+        terms = [score_term(m, live["f"][i], squared, shift, s8_exponent, i)
                  for i, (squared, shift) in enumerate(live.pop("squares"))]
         del live["f"]
         live["terms"] = terms
@@ -452,20 +450,21 @@ def normalized_scale(m, decoded, name):
     return normalize(m, decoded.significand, exponent, f"{name}_n")
 
 
-def scaled_magnitude(m, scale, fmt, code, width, lsb_shift, name):
-    """|scale * element| as an integer of ``width`` bits, ``lsb_shift`` above the product of the two
-    integers (scale at LSB 2**-9, E4M3 at LSB 2**-9, E2M1 at LSB 2**-1).
+def scaled_magnitude(m, significand, shift, fmt, code, width, name):
+    """|sig * element| << ``shift`` as an integer of ``width`` bits (the element at its significand's LSB
+    times 2**(exponent - 1), E4M3 and E2M1 alike).
 
-    The significands are multiplied (4 x 2 or 4 x 4 bits) and the product shifted by both exponents:
-    multiplying the two integer values would build an 18 x 18-bit multiplier per element."""
+    The significands are multiplied (4 x 2 or 4 x 4 bits) and the product shifted: multiplying the two
+    integer values would build an 18 x 18-bit multiplier per element."""
     m.submodules[name] = decoder = Decoder(format=fmt)
     m.d.comb += decoder.code.eq(code)
     element = decoder.decoded
-    product = Signal(len(scale.significand) + len(element.significand), name=f"{name}_sig")
-    m.d.comb += product.eq(scale.significand * element.significand)
+    product = Signal(len(significand) + len(element.significand), name=f"{name}_sig")
+    m.d.comb += product.eq(significand * element.significand)
     magnitude = Signal(width, name=name)
     # Decoded exponents are >= 1 (subnormals share the smallest normal one): the shift is >= 0.
-    m.d.comb += magnitude.eq(product << (scale.exponent + element.exponent + (lsb_shift - 2)).as_unsigned())
+    amount = Signal(range(width), name=f"{name}_shift")
+    m.d.comb += [amount.eq(shift + element.exponent - 1), magnitude.eq(product << amount)]
     return magnitude
 
 
@@ -483,36 +482,51 @@ def element_codes(m, q4_mag, q8_mag, element, s4_zero, s8_zero, i):
     return q4, q8
 
 
+# |D| in units of s8's exponent: |s4*q4 - s8*q8| = D' * 2**(e8 - 1) * 2**-18 (e8 = s8's decoded exponent),
+# so only the exponent difference e4 - e8 of the two scales reaches the per-element shifters. It is 0..7
+# in every block that is scored: s4 = RNE(a/6) >= s8 = RNE(a/448) and s4/s8 < 85 where both are normal
+# (at most 7 binades apart), and a subnormal, zero or saturated scale only brings them closer. Blocks with
+# NaN or Inf are forced to FP8 (s8 = 448 with an Inf), their score unused: the clamp only touches those.
+_SCALE_GAP = range(8)
+_DELTA_WIDTH = 23  # D' < 63 * 2**(7 + 3 + 7) and 225 * 2**14
+
+
 def perturbation(m, s4_decoded, s8_decoded, q4, q8, i):
-    """|D| = |s4*q4 - s8*q8| * 2**18, both products at LSB 2**-18: s4 * q4 is at 2**-10 before the shift
-    by 8, s8 * q8 at 2**-18. Only |D| is scored, and q4 and q8 both carry the element's sign or are
-    zero, so |D| is the distance of the magnitudes (a NaN's q8 has no sign, but its block is forced
-    to FP8, score unused)."""
-    p4 = scaled_magnitude(m, s4_decoded, E2M1, q4, 31, 8, f"p4_{i}")
-    p8 = scaled_magnitude(m, s8_decoded, E4M3, q8, 37, 0, f"p8_{i}")
-    delta = Signal(37, name=f"d{i}")
+    """D' = |s4*q4 - s8*q8| * 2**18 / 2**(e8 - 1), an integer (``score_term`` adds the 2·(e8 - 1) back to
+    the term's exponent; Δ̂'s truncation to 12 significant bits is the same at any power of two). s4 * q4
+    is its significands' product shifted by e4 - e8 + 8 and q4's exponent, s8 * q8 by q8's. Only |D| is
+    scored, and q4 and q8 both carry the element's sign or are zero, so |D| is the distance of the
+    magnitudes (a NaN's q8 has no sign, but its block is forced to FP8, score unused)."""
+    gap = Signal(signed(5), name=f"d{i}_gap")
+    m.d.comb += gap.eq(s4_decoded.exponent - s8_decoded.exponent)
+    clamped = Signal(_SCALE_GAP, name=f"d{i}_gap_used")
+    m.d.comb += clamped.eq(Mux(gap < 0, 0, Mux(gap > _SCALE_GAP[-1], _SCALE_GAP[-1], gap)))
+    p4 = scaled_magnitude(m, s4_decoded.significand, clamped + 8, E2M1, q4, _DELTA_WIDTH, f"p4_{i}")
+    p8 = scaled_magnitude(m, s8_decoded.significand, 0, E4M3, q8, _DELTA_WIDTH, f"p8_{i}")
+    delta = Signal(_DELTA_WIDTH, name=f"d{i}")
     m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
     return delta
 
 
 def truncate_delta(m, magnitude, i):
-    """Δ̂ = |D| truncated to its 12 most significant bits, as (mantissa, shift)."""
+    """Δ̂' = D' truncated to its 12 most significant bits, as (mantissa, shift)."""
     msb = leading_one(m, magnitude, f"dm{i}")
-    shift = Signal(range(26), name=f"dm{i}_shift")
+    shift = Signal(range(len(magnitude) - _DELTA_BITS + 1), name=f"dm{i}_shift")
     m.d.comb += shift.eq(Mux(msb >= _DELTA_BITS, msb - (_DELTA_BITS - 1), 0))
     mantissa = Signal(_DELTA_BITS, name=f"dm{i}_m")
     m.d.comb += mantissa.eq(magnitude >> shift)
     return mantissa, shift
 
 
-def score_term(m, f_code, squared, shift, i):
-    """The term F * Δ̂² as (mantissa, exponent) from the sensitivity code and Δ̂² = squared * 2**(2*shift)."""
+def score_term(m, f_code, squared, shift, s8_exponent, i):
+    """The term F * Δ̂² as (mantissa, exponent) from the sensitivity code, Δ̂'² = squared * 2**(2*shift)
+    (Δ̂' from ``perturbation``'s D') and s8's decoded exponent: Δ̂ = Δ̂' * 2**(s8_exponent - 1)."""
     m.submodules[f"f{i}_dec"] = f_dec = Decoder(format=UE4M3)
     m.d.comb += f_dec.code.eq(f_code)
     term_mantissa = Signal(28, name=f"tm{i}")
     term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
     m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * squared),
-                 term_exponent.eq(2 * shift + f_dec.decoded.exponent - 1)]
+                 term_exponent.eq(2 * (shift + s8_exponent - 1) + f_dec.decoded.exponent - 1)]
     return term_mantissa, term_exponent
 
 

@@ -266,7 +266,8 @@ class NarrowActivationQuantizer(wiring.Component):
             q8_mag = round_ratio(m, sig, exp, s8_sig, s8_exp, E4M3, f"q8_{e}")
             q4, q8 = element_codes(m, q4_mag, q8_mag, element, s4_decoded.zero, s8_decoded.zero, e)
             mantissa, shift = truncate_delta(m, perturbation(m, s4_decoded, s8_decoded, q4, q8, e), e)
-            tm, te = score_term(m, x["f"][8 * e:8 * e + 8], square(m, mantissa, f"dm{e}"), shift, e)
+            tm, te = score_term(m, x["f"][8 * e:8 * e + 8], square(m, mantissa, f"dm{e}"), shift,
+                                s8_decoded.exponent, e)
             leading.append(term_leading(m, tm, te, e))
             m.d.comb += [beat_codes[e].q4.eq(q4), beat_codes[e].q8.eq(q8), beat_terms[e].tm.eq(tm),
                          beat_terms[e].te.eq(te)]
