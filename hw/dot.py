@@ -11,7 +11,7 @@ from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3, Format
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
 
-__all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "block_layout"]
+__all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "FLOW_CONTROLS", "block_layout"]
 
 # Where the register cuts go, in the order a deeper pipeline adds them (docs/interfaces.md): depth P takes
 # the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
@@ -22,6 +22,9 @@ FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
 # (docs/hardware.md, with the third path for FP4xFP8 pairs that was measured and dropped).
 DATAPATHS = ("shared", "split")
+# stall: one clock enable for every register, low while a result waits for the sink. credit: the registers
+# run free and results queue in a FIFO of latency + 1 entries (docs/hardware.md, clock rate).
+FLOW_CONTROLS = ("stall", "credit")
 _CANONICAL_NAN = 0x7FC00000
 # E2M1 joins the E4M3 datapath exactly: same significand, exponent + 8 (bias 1 / 1 mantissa bit vs 7 / 3).
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
@@ -48,6 +51,13 @@ def _check_datapath(datapath, formats):
         raise ValueError(f"Unknown datapath {datapath!r}; choose from {', '.join(map(repr, DATAPATHS))}")
     if datapath != "shared" and len(formats) != 2:
         raise ValueError(f"The {datapath} datapath needs both formats ('nvfp4', 'fp8'), not {formats!r}")
+
+
+def _check_flow_control(flow_control):
+    if not isinstance(flow_control, str):
+        raise TypeError(f"Flow control must be one of {', '.join(map(repr, FLOW_CONTROLS))}, not {flow_control!r}")
+    if flow_control not in FLOW_CONTROLS:
+        raise ValueError(f"Unknown flow control {flow_control!r}; choose from {', '.join(map(repr, FLOW_CONTROLS))}")
 
 
 def block_layout(formats, block_size):
@@ -114,20 +124,27 @@ class DotUnit(wiring.Component):
     one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own. The split datapath
     registers each path's operands and loads them only in the cycles the path is used, so an idle path
     holds still; that register is the decode cut, and adds one cycle of latency at depths without it.
+    ``flow_control``: 'stall' (default) holds every register while a result waits for the sink; 'credit'
+    lets the registers run free and queues results in a FIFO of ``latency`` + 1 entries (``result_entries``),
+    ``i`` ready while one of them is not spoken for by a reduction in flight: no clock enable fans out to
+    the datapath and ``i.ready`` does not depend on ``o.ready`` in the same cycle. Same latency, II = 1.
 
     Ports: ``i`` (In stream of ``{activation, weights[lanes], first, last}``), ``o`` (Out stream of
     ``{results[lanes] (FP32 bits), overflow}``, one transfer per reduction). A block with ``first`` set,
-    or the first block after a ``last``, starts a reduction; ``last`` ends it. Every cycle that ``o`` is not stalled, ``i`` is ready.
+    or the first block after a ``last``, starts a reduction; ``last`` ends it. Every cycle that ``o`` is not stalled
+    (stall), or that a result entry is free (credit), ``i`` is ready.
     """
 
     def __init__(self, *, lanes, block_size=16, max_blocks=1024, pipeline_stages=1, formats=FORMATS,
-                 datapath="shared"):
+                 datapath="shared", flow_control="stall"):
         check_count("Lanes", lanes, 1)
         check_count("Block size", block_size, 1)
         check_count("Maximum blocks", max_blocks, 1)
         check_pipeline_stages(pipeline_stages, MAX_PIPELINE_STAGES)
         _check_formats(formats)
         _check_datapath(datapath, formats)
+        _check_flow_control(flow_control)
+        self._flow_control = flow_control
         self._lanes = lanes
         self._block_size = block_size
         self._max_blocks = max_blocks
@@ -170,6 +187,17 @@ class DotUnit(wiring.Component):
     @property
     def datapath(self):
         return self._datapath
+
+    @property
+    def flow_control(self):
+        return self._flow_control
+
+    @property
+    def result_entries(self):
+        """The result FIFO's depth under credit flow control (0 under stall): latency + 1, so that
+        one-block reductions run at one per cycle while ``o`` is ready (a credit comes back on the edge
+        that transfers its result, and ``i.ready`` sees it one cycle later)."""
+        return self.latency + 1 if self._flow_control == "credit" else 0
 
     @property
     def _paths(self):
@@ -609,14 +637,14 @@ class DotUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        pipeline = StallPipeline(m, self.i, self.o)
+        pipeline = StallPipeline(m, self.i, self.o, credits=self.result_entries, reserves=self.i.payload.last)
         enable = pipeline.enable
 
         def stage(name, valid, values):
             return pipeline.stage(valid, values, name in self.cuts)
 
         decoded = self._decode(m)
-        valid = self.i.valid
+        valid = pipeline.input_valid
         if self._datapath != "shared":
             lanes, control = self._split_operands(m, enable, valid, decoded)
             valid, control = pipeline.stage(valid, control, True)
@@ -648,7 +676,7 @@ class DotUnit(wiring.Component):
         valid, finals = self._accumulate(m, stage, enable, valid, in_reduction, {**control, "terms": terms})
         valid, results, overflow = self._to_fp32(m, stage, valid, finals)
 
-        with m.If(enable):
-            m.d.sync += [self.o.valid.eq(valid), self.o.payload.overflow.eq(overflow)]
-            m.d.sync += [self.o.payload.results[lane].eq(bits) for lane, bits in enumerate(results)]
+        result = Signal(self._out_layout, name="o_result")
+        m.d.comb += [result.overflow.eq(overflow)] + [result.results[lane].eq(bits) for lane, bits in enumerate(results)]
+        pipeline.emit(valid, result)
         return m

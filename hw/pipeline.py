@@ -1,6 +1,7 @@
-"""What the streaming units share: parameter checks and the global-stall pipeline discipline."""
+"""What the streaming units share: parameter checks and the pipeline disciplines (global stall, credits)."""
 
-from amaranth import ResetSignal, Signal
+from amaranth import Const, ResetSignal, Signal
+from amaranth.lib.fifo import SyncFIFO
 
 __all__ = ["check_count", "check_pipeline_stages", "StallPipeline"]
 
@@ -21,14 +22,49 @@ def check_pipeline_stages(value, maximum):
 
 
 class StallPipeline:
-    """One enable for every register of a unit: it advances unless a finished result waits for the sink
-    (``o.valid & ~o.ready``), which also drives ``i.ready``. Not ready during reset: a block offered then
-    would look taken but be lost."""
+    """How a unit's registers advance and its results reach ``o``.
 
-    def __init__(self, m, i, o):
+    Global stall (``credits`` 0): one enable for every register of the unit; it advances unless a
+    finished result waits for the sink (``o.valid & ~o.ready``), which also drives ``i.ready``.
+
+    Credits (``credits`` > 0): the registers advance every cycle (the enable is the constant 1, so no
+    clock enable fans out to them) and results go to a FIFO of ``credits`` entries that ``o`` reads.
+    An input taken while ``reserves`` is true (one that will produce a result) takes a credit; a result
+    leaving ``o`` gives it back; ``i.ready`` is "a credit is left", a register compare, so no path runs
+    from ``o.ready`` to ``i.ready``. A result is written to the FIFO on the edge that would have
+    registered it into ``o``, and the FIFO shows it from that edge: the latency is the same.
+
+    Either way, not ready during reset: a block offered then would look taken but be lost."""
+
+    def __init__(self, m, i, o, *, credits=0, reserves=None):
         self._m = m
-        self.enable = ~(o.valid & ~o.ready)
-        m.d.comb += i.ready.eq(self.enable & ~ResetSignal())
+        self._o = o
+        if not credits:
+            self.enable = ~(o.valid & ~o.ready)
+            m.d.comb += i.ready.eq(self.enable & ~ResetSignal())
+            self.input_valid = i.valid
+            self._results = None
+            return
+        self.enable = Const(1)
+        m.submodules.results = self._results = results = SyncFIFO(width=len(o.payload.as_value()), depth=credits)
+        left = Signal(range(credits + 1), init=credits, name="credits")
+        m.d.comb += i.ready.eq((left != 0) & ~ResetSignal())
+        self.input_valid = i.valid & i.ready
+        taken = Signal(name="credit_taken")
+        given = Signal(name="credit_given")
+        m.d.comb += [taken.eq(self.input_valid & reserves), given.eq(o.valid & o.ready),
+                     o.valid.eq(results.r_rdy), o.payload.eq(results.r_data), results.r_en.eq(o.ready)]
+        m.d.sync += left.eq(left - taken + given)
+
+    def emit(self, valid, payload):
+        """The unit's result (``valid``, a value of ``o``'s payload shape): registered into ``o`` (global
+        stall) or written to the result FIFO (credits)."""
+        m = self._m
+        if self._results is None:
+            with m.If(self.enable):
+                m.d.sync += [self._o.valid.eq(valid), self._o.payload.eq(payload)]
+        else:
+            m.d.comb += [self._results.w_en.eq(valid), self._results.w_data.eq(payload)]
 
     def cut(self, valid, signals, register):
         """Optionally register a stage's outputs (and their valid bit) on ``enable``; returns the

@@ -180,7 +180,75 @@ def test_properties_are_read_only():
         unit.lanes = 3
 
 
+@pytest.mark.parametrize("pipeline_stages,datapath", [(0, "shared"), (3, "split"), (MAX_PIPELINE_STAGES, "shared"),
+                                                     (MAX_PIPELINE_STAGES, "split")])
+def test_credit_flow_control_matches_golden_under_stalls(pipeline_stages, datapath):
+    """Credit flow control: the registers run free and results queue; long back-pressure fills the queue
+    (one-block reductions are frequent here), no result is lost or reordered."""
+    unit = DotUnit(lanes=3, pipeline_stages=pipeline_stages, max_blocks=32, datapath=datapath, flow_control="credit")
+    assert unit.result_entries == unit.latency + 1
+    reductions = random_reductions(lanes=3, formats=unit.formats, block_size=B, count=60, max_blocks=3,
+                                   seed=20 + pipeline_stages)
+    results, overflows, _, _ = rtl_dot(unit, reductions, idle=0.2, backpressure=0.7, seed=pipeline_stages)
+    assert results == expected_results(reductions)
+    assert not any(overflows)
+
+
+@pytest.mark.parametrize("pipeline_stages", [0, 5, MAX_PIPELINE_STAGES])
+def test_credit_flow_control_full_rate_with_one_block_reductions(pipeline_stages):
+    """II = 1 and the same latency as the stall discipline, even when every block ends a reduction (each
+    takes a credit for ``latency`` cycles)."""
+    unit = DotUnit(lanes=2, pipeline_stages=pipeline_stages, flow_control="credit")
+    stall = DotUnit(lanes=2, pipeline_stages=pipeline_stages)
+    assert unit.latency == stall.latency and stall.result_entries == 0
+    reductions = [r for r in random_reductions(lanes=2, formats=unit.formats, block_size=B, count=90, max_blocks=1,
+                                               seed=3) if r.blocks == 1]
+    assert len(reductions) > 3 * unit.result_entries
+    results, _, accepted, delivered = rtl_dot(unit, reductions)
+    assert results == expected_results(reductions)
+    assert accepted == list(range(accepted[0], accepted[0] + len(reductions)))
+    assert [d - a for d, a in zip(delivered, accepted)] == [unit.latency] * len(reductions)
+
+
+def test_credit_flow_control_ready_does_not_follow_the_sink():
+    """``i.ready`` comes from the credit count: a sink that stops does not take it away in the same cycle
+    (under the stall discipline it does), and once the queue's entries are spoken for the unit stops."""
+    def readiness(flow_control):
+        unit = DotUnit(lanes=1, pipeline_stages=2, flow_control=flow_control)
+        word = PayloadPacker(unit).words(random_reductions(lanes=1, formats=unit.formats, block_size=B, count=1,
+                                                           max_blocks=1, seed=0))
+        word = next(iter(word))
+        seen = []
+
+        async def testbench(ctx):
+            ctx.set(unit.i.payload.as_value(), word)
+            ctx.set(unit.i.valid, 1)
+            for _ in range(unit.latency + 6):
+                await ctx.tick()
+                ctx.set(unit.o.ready, 1)
+                with_sink = ctx.get(unit.i.ready)
+                ctx.set(unit.o.ready, 0)
+                seen.append((with_sink, ctx.get(unit.i.ready)))
+
+        sim = Simulator(unit)
+        sim.add_clock(1e-8)
+        sim.add_testbench(testbench)
+        sim.run()
+        return unit, seen
+
+    unit, seen = readiness("credit")
+    assert all(with_sink == without for with_sink, without in seen)
+    # Every block ends a reduction and nothing leaves: the first edge and result_entries - 1 more take one,
+    # then none.
+    taken = unit.result_entries - 1
+    assert [ready for ready, _ in seen] == [1] * taken + [0] * (len(seen) - taken)
+    _, seen = readiness("stall")
+    assert any(with_sink != without for with_sink, without in seen)
+
+
 @pytest.mark.parametrize("kwargs,error,message", [
+    ({"lanes": 1, "flow_control": "skid"}, ValueError, "Unknown flow control 'skid'; choose from 'stall', 'credit'"),
+    ({"lanes": 1, "flow_control": 1}, TypeError, "Flow control must be one of 'stall', 'credit', not 1"),
     ({"lanes": 0}, ValueError, "Lanes must be at least 1, not 0"),
     ({"lanes": 2.0}, TypeError, "Lanes must be an integer, not 2.0"),
     ({"lanes": True}, TypeError, "Lanes must be an integer, not True"),

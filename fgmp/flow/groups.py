@@ -29,7 +29,7 @@ _DOT = [
     ("FP4×FP4 adder tree", r"^nt\d+_l\d+_\d+$|^nsum\d+$"),
     ("FP4×FP4 scale path", r"^nsp\d+(_\d+)?$|^nterm\d+$"),
     ("accumulator", r"^acc\d+|^final|^count|^start(_next)?$|^in_reduction$"),
-    ("FP32 conversion", r"^fp32_\d+_|^o__payload"),
+    ("FP32 conversion", r"^fp32_\d+_|^o__payload|^o_result$"),
 ]
 _ACTQ = [
     _PIPELINE,
