@@ -23,7 +23,8 @@ def _generate_decoders(args):
 
 def _dot_params(args):
     return {"lanes": args.lanes, "block_size": args.block_size, "max_blocks": args.max_blocks,
-            "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats), "datapath": args.datapath}
+            "pipeline_stages": args.pipeline_stages, "formats": tuple(args.formats), "datapath": args.datapath,
+            "flow_control": args.flow_control}
 
 
 def _generate_dot(args):
@@ -42,7 +43,8 @@ def _generate_dot(args):
         lint(path, top)
     print(f"wrote {path}" + (" (verilator -Wall lint clean)" if args.lint else ""))
     print(f"  {unit.lanes} lanes x {unit.block_size} elements, formats {'+'.join(unit.formats)}, {unit.datapath} "
-          f"datapath, "
+          f"datapath, {unit.flow_control} flow control"
+          + (f" ({unit.result_entries} result entries)" if unit.result_entries else "") + ", "
           f"accumulator {unit.accumulator_width} bits (exact up to {unit.max_blocks} blocks), "
           f"latency {unit.latency} cycles, one block pair per cycle")
     return 0
@@ -106,7 +108,7 @@ def _generate_tile(args):
 
 def build_parser():
     from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX_STAGES
-    from fgmp.hw.dot import DATAPATHS
+    from fgmp.hw.dot import DATAPATHS, FLOW_CONTROLS
     from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX_STAGES
     from fgmp.sim.decoders import DECODER_FORMATS
 
@@ -134,6 +136,9 @@ def build_parser():
     dot.add_argument("--datapath", choices=DATAPATHS, default="shared",
                      help="FGMP units: 'shared' (one FP8-width path) or 'split' (FP4xFP4 pairs on a narrow path "
                           "of their own); docs/hardware.md")
+    dot.add_argument("--flow-control", choices=FLOW_CONTROLS, default="stall",
+                     help="'stall' (one clock enable holds every register while a result waits) or 'credit' "
+                          "(registers run free, results queue in a FIFO of latency + 1 entries; for clock rate)")
     dot.add_argument("--name", help="Verilog module name (default e.g. fgmp_dot_l4)")
     dot.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
     dot.add_argument("--no-lint", dest="lint", action="store_false",

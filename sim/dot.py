@@ -14,10 +14,12 @@ SUITES = {"exhaustive": "exhaustive_code_pairs", "random": "random_reductions_wi
 
 
 def dot_top(unit):
-    """fgmp_dot_l4, fgmp_split_dot_l4, fp8_dot_l4, ...: the variant, the datapath when not shared, the lanes."""
+    """fgmp_dot_l4, fgmp_split_dot_l4, fgmp_credit_dot_l4, fp8_dot_l4, ...: the variant, the datapath when
+    not shared, the flow control when not stall, the lanes."""
     variant = "fgmp" if len(unit.formats) == 2 else unit.formats[0]
     datapath = "" if unit.datapath == "shared" else f"_{unit.datapath}"
-    return f"{variant}{datapath}_dot_l{unit.lanes}"
+    flow = "" if unit.flow_control == "stall" else f"_{unit.flow_control}"
+    return f"{variant}{datapath}{flow}_dot_l{unit.lanes}"
 
 
 def run_dot_bench(unit_params, simulator, build_root, *, suites=tuple(SUITES), count=200, max_reduction=32,

@@ -2,7 +2,7 @@
 failure). One build per configuration runs every suite it lists: the exhaustive element code pairs at
 full rate (also checking II = 1 and the latency) and random reductions under idle cycles and
 back-pressure. Configurations cover L = 1, 4 and 8, pipeline depths 0..3 and the deepest (amaranth.sim
-runs every depth in tests/test_dot_rtl.py), the three format variants and the split datapath; each simulator runs the exhaustive FGMP, FP4-only and split suites. To stay inside
+runs every depth in tests/test_dot_rtl.py), the three format variants, the split datapath and credit flow control; each simulator runs the exhaustive FGMP, FP4-only and split suites. To stay inside
 CI's time, each 8-lane unit runs on one simulator (the exhaustive suite takes Icarus 85 s at L = 8;
 `python bench/dot_sim_speed.py --lanes 8 --exhaustive` runs it on both) and the FP8-only unit on Icarus
 only."""
@@ -27,6 +27,9 @@ CONFIGURATIONS = {
     "split_l4_p3": ({"lanes": 4, "pipeline_stages": 3, "datapath": "split"}, ("exhaustive", "random"),
                     ("verilator",)),
     "split_l8_p2": ({"lanes": 8, "pipeline_stages": 2, "datapath": "split"}, ("random",), ("icarus",)),
+    # Credit flow control at the 4-lane timing point (the deepest pipeline), random under stalls on both.
+    "fgmp_credit_l4_deepest": ({"lanes": 4, "pipeline_stages": MAX_PIPELINE_STAGES, "flow_control": "credit"},
+                               ("random",), SIMULATORS),
 }
 # Element code pairs of all enabled pairings: FP8xFP8 + FP4xFP4 + both mixed orders.
 FGMP_PAIRS = 256 * 256 + 16 * 16 + 2 * 16 * 256

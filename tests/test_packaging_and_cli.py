@@ -85,6 +85,17 @@ def test_generate_dot_writes_lint_clean_verilog(tmp_path, capsys, formats, top):
     assert f"output [{2 * 32 + 1 - 1}:0] o__payload;" in verilog
 
 
+def test_generate_dot_with_credit_flow_control(tmp_path, monkeypatch, capsys):
+    """--flow-control credit, into a relative directory: its own module name, the same ports, lint clean."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "dot", "--lanes", "2", "--pipeline-stages", "3", "--flow-control", "credit",
+                 "--out", "rel"]) == 0
+    out = capsys.readouterr().out
+    assert "lint clean" in out and "credit flow control (6 result entries)" in out
+    verilog = (tmp_path / "rel" / "fgmp_credit_dot_l2.v").read_text()
+    assert "module fgmp_credit_dot_l2(" in verilog and "output [64:0] o__payload;" in verilog
+
+
 def test_generate_dot_reports_invalid_parameters(tmp_path, capsys):
     assert main(["generate", "dot", "--lanes", "0", "--out", str(tmp_path)]) == 2
     assert "fgmp: error: Lanes must be at least 1, not 0" in capsys.readouterr().err

@@ -5,7 +5,7 @@
 import sys
 from pathlib import Path
 
-from fgmp.hw.dot import DATAPATHS
+from fgmp.hw.dot import DATAPATHS, FLOW_CONTROLS
 from fgmp.toolchain import ToolchainError
 
 from .tools import FlowError
@@ -22,6 +22,7 @@ _OPTIONS = {
     "dot_stages": {"engine": "dot_stages"},
     "formats": {"dot": "formats"},
     "datapath": {"dot": "datapath"},
+    "flow_control": {"dot": "flow_control"},
     "format": {"decoder": "format"},
 }
 
@@ -70,6 +71,8 @@ def _add_unit_options(parser):
     parser.add_argument("--dot-stages", type=int, help="engine: the dot unit's register cuts")
     parser.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], help="dot unit: element formats")
     parser.add_argument("--datapath", choices=DATAPATHS, help="FGMP dot unit: shared or split (docs/hardware.md)")
+    parser.add_argument("--flow-control", choices=FLOW_CONTROLS,
+                        help="dot unit: stall (global clock enable) or credit (result FIFO; docs/hardware.md)")
     parser.add_argument("--format", choices=["e2m1", "e4m3", "ue4m3"], help="decoder: which one")
 
 

@@ -13,7 +13,7 @@ __all__ = ["UNITS", "TILE_UNITS", "DOT_VARIANTS", "Unit", "make_unit", "dot_vari
 
 # Kind -> the generator parameters it accepts (keyword arguments of its constructor).
 UNITS = {
-    "dot": ("lanes", "block_size", "max_blocks", "pipeline_stages", "formats", "datapath"),
+    "dot": ("lanes", "block_size", "max_blocks", "pipeline_stages", "formats", "datapath", "flow_control"),
     "actq": ("block_size", "max_channels", "pipeline_stages"),
     "engine": ("lanes", "block_size", "max_channels", "quantizer_stages", "dot_stages"),
     "decoder": ("format",),
