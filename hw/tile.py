@@ -286,7 +286,14 @@ class Tile(wiring.Component):
             with m.Else():
                 m.d.comb += [req.ready.eq(1), req.error.eq(1)]
 
-        # Host reads of the memories: their read ports follow the bus address while the tile is idle.
+        # Host reads of the memories: while the tile is idle a memory's read port follows the bus address, and
+        # reads only while the host reads that memory: loading the memories does not stir their read data
+        # (nor, through it, the dot unit's operands).
+        host_reads = {}
+        for index, region in enumerate(regions):
+            if region.readable and region.name != "registers":
+                host_reads[region.name] = Signal(name=f"host_read_{region.name}")
+                m.d.comb += host_reads[region.name].eq(req.valid & ~req.write & (region_index == index))
         read_words = {"activations": act_read.data}
         if out_read is not None:
             read_words["outputs"] = out_read.data
@@ -310,9 +317,10 @@ class Tile(wiring.Component):
                      quantizer.config.clear_counters.eq(clear | (start & can_start))]
         m.d.comb += postproc.scale.eq(regs["scale"])
 
-        self._sequencer(m, dot, busy, start & can_start, regs, act_read, low_ports, high_ports, host_entry)
+        self._sequencer(m, dot, busy, start & can_start, regs, act_read, low_ports, high_ports, host_entry, host_reads)
         self._output_path(m, dot, postproc, quantizer, busy, done, start, can_start, error, overflow, regs,
-                          quantize, write_outputs, tokens_n, outputs, out_blocks, act_write, out_write, out_read, host_entry)
+                          quantize, write_outputs, tokens_n, outputs, out_blocks, act_write, out_write, out_read, host_entry,
+                          host_reads)
         return m
 
     def _register_access(self, m, req, offset, regs, busy, done, error, overflow, start, clear, quantizer):
@@ -358,7 +366,7 @@ class Tile(wiring.Component):
             port = high_ports[int(name[len("weights_high"):])][1]
         m.d.comb += [port.en.eq(1), port.addr.eq(entry), port.data.eq(value)]
 
-    def _sequencer(self, m, dot, busy, starting, regs, act_read, low_ports, high_ports, host_entry):
+    def _sequencer(self, m, dot, busy, starting, regs, act_read, low_ports, high_ports, host_entry, host_reads):
         """Issue (token t, output group g, input block k) in that nesting, one per cycle, through two
         memory stages into the dot unit: stage 1 reads each lane's low word and the activation block;
         stage 2 reads an FP8 block's high word at the lane's running FP8 count."""
@@ -390,16 +398,18 @@ class Tile(wiring.Component):
         with m.If(enable):
             m.d.sync += [valid1.eq(issuing), first1.eq(k == 0), last1.eq(last_k), token1.eq((g == 0) & (k == 0)),
                          valid2.eq(valid1), first2.eq(first1), last2.eq(last1)]
-        read_en = Mux(busy, enable, 1)
-        m.d.comb += [act_read.addr.eq(Mux(busy, x_row + k, host_entry)), act_read.en.eq(read_en)]
+        m.d.comb += [act_read.addr.eq(Mux(busy, x_row + k, host_entry)),
+                     act_read.en.eq(Mux(busy, enable, host_reads["activations"]))]
+        # The dot unit's operand registers load only with a block pair, so it holds still otherwise.
         act2 = Signal(_ACT_BITS)
-        with m.If(enable):
+        with m.If(enable & valid1):
             m.d.sync += act2.eq(act_read.data)
         m.d.comb += [dot.i.valid.eq(valid2), dot.i.payload.first.eq(first2), dot.i.payload.last.eq(last2),
                      dot.i.payload.activation.eq(act2)]
         for lane in range(L):
             (low_read, _), (high_read, _) = low_ports[lane], high_ports[lane]
-            m.d.comb += [low_read.addr.eq(Mux(busy, n, host_entry)), low_read.en.eq(read_en)]
+            m.d.comb += [low_read.addr.eq(Mux(busy, n, host_entry)),
+                         low_read.en.eq(Mux(busy, enable, host_reads[f"weights_low{lane}"]))]
             fp8 = low_read.data[72]
             high_count = Signal(range(self._weight_blocks + 1), name=f"fp8_count{lane}")
             high_addr = Signal.like(high_count, name=f"fp8_addr{lane}")
@@ -408,9 +418,9 @@ class Tile(wiring.Component):
                 m.d.sync += high_count.eq(high_addr + fp8)
             # The high memory reads only for FP8 blocks, so it holds still through NVFP4 ones.
             m.d.comb += [high_read.addr.eq(Mux(busy, high_addr, host_entry)),
-                         high_read.en.eq(Mux(busy, enable & valid1 & fp8, 1))]
+                         high_read.en.eq(Mux(busy, enable & valid1 & fp8, host_reads[f"weights_high{lane}"]))]
             low2 = Signal(_LOW_BITS, name=f"low{lane}_q")
-            with m.If(enable):
+            with m.If(enable & valid1):
                 m.d.sync += low2.eq(low_read.data)
             weight = dot.i.payload.weights[lane]
             m.d.comb += [weight.scale.eq(low2[64:72]), weight.fp8.eq(low2[72])]
@@ -419,7 +429,7 @@ class Tile(wiring.Component):
 
     def _output_path(self, m, dot, postproc, quantizer, busy, done, start, can_start, error, overflow, regs,
                      quantize, write_outputs, tokens_n, outputs, out_blocks, act_write, out_write, out_read,
-                     host_entry):
+                     host_entry, host_reads):
         """Dot results (L per reduction) -> E per beat through post-processing -> the output memory and
         the activation unit -> the next layer's blocks in activation memory; the run ends when the last
         of them is written."""
@@ -466,7 +476,7 @@ class Tile(wiring.Component):
         if out_write is not None:
             m.d.comb += [out_write.en.eq(passed & write_outputs), out_write.addr.eq(out_addr),
                          out_write.data.eq(postproc.o.payload.fp32), out_read.addr.eq(host_entry),
-                         out_read.en.eq(1)]
+                         out_read.en.eq(host_reads["outputs"])]
         m.d.comb += quantizer.o.ready.eq(1)
         with m.If(busy):
             m.d.comb += [act_write.en.eq(quantizer.o.valid), act_write.addr.eq(y_addr),
