@@ -245,10 +245,10 @@ class DotUnit(wiring.Component):
         split_registers = self._datapath != "shared" and "decode" not in self.cuts
         return 2 + self._pipeline_stages + split_registers
 
-    def _decode_element(self, m, name, code, fp8):
+    def _decode_element(self, m, name, code, fp8, *, narrow=False):
         """({format: (sign, significand, exponent)}, NaN flag) of one element. The widest path's format
-        (E4M3 whenever FP8 is enabled, NVFP4 elements promoted into it; else E2M1) is always there; the
-        split datapath adds the E2M1 form for its narrow path."""
+        (E4M3 whenever FP8 is enabled, NVFP4 elements promoted into it; else E2M1) is always there;
+        ``narrow`` adds the E2M1 form for the split datapath's narrow path."""
         fmt = self._element_format
         sign = Signal(name=f"{name}_sign")
         significand = Signal(fmt.significand_bits, name=f"{name}_sig")
@@ -274,7 +274,7 @@ class DotUnit(wiring.Component):
             if "fp8" in self._formats:
                 m.d.comb += nan.eq(decoded.nan)
         forms = {fmt: (sign, significand, exponent)}
-        if self._datapath != "shared":
+        if narrow:
             forms[E2M1] = (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
         return forms, fp8 & nan
 
@@ -307,36 +307,43 @@ class DotUnit(wiring.Component):
             inputs.append((sign, flipped, wsig, shift))
         return inputs
 
-    def _hold_operands(self, m, load, lane, path, operands, scale):
+    @staticmethod
+    def _hold_operands(m, load, lane, path, operands, scale, weight_fp8=None):
         """The path's operand registers: loaded only when ``load`` (the lane's pair runs on this path),
-        held otherwise, so the path's logic sees no new values in the cycles it is not used."""
+        held otherwise, so the path's logic sees no new values in the cycles it is not used. Per element
+        the decoded activation element and the weight's code; per lane the scale product and, on a path
+        that takes both formats, the weight block's precision bit."""
         held = []
         for i, fields in enumerate(operands):
             registers = []
-            for role, value in zip(("a_sign", "a_sig", "a_exp", "b_sign", "b_sig", "b_exp"), fields):
+            for role, value in zip(("a_sign", "a_sig", "a_exp", "b_code"), fields):
                 # No reset: a path's result is used only after its operands were loaded. Decoded exponents
-                # are >= 1 (numerics §7), so from power-up a path holds a valid zero operand and its product
-                # alignment does not move when the path first runs.
+                # are >= 1 (numerics §7) and code 0 decodes to exponent 1, so from power-up a path holds a
+                # valid zero operand and its product alignment does not move when the path first runs.
                 register = Signal(len(value), name=f"{path.prefix}op{lane}_{i}_{role}", init=role.endswith("exp"),
                                   reset_less=True)
                 with m.If(load):
                     m.d.sync += register.eq(value)
                 registers.append(register)
             held.append(tuple(registers))
-        scale_registers = []
-        for role, value in zip(("ssig", "sshift"), scale):
-            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}", reset_less=True)
+        lane_registers = []
+        for role, value in (("ssig", scale[0]), ("sshift", scale[1]), ("b_fp8", weight_fp8)):
+            if value is None:
+                continue
+            # The precision bit starts at FP8, so that code 0 decodes to exponent 1 as above.
+            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}", init=role == "b_fp8", reset_less=True)
             with m.If(load):
                 m.d.sync += register.eq(value)
-            scale_registers.append(register)
-        return held, tuple(scale_registers)
+            lane_registers.append(register)
+        return held, tuple(lane_registers[:2]), lane_registers[2:]
 
     def _decode(self, m):
         """Stage 0: the activation block decoded once, each lane's weight block, scale product, NaN flag and
         the path its pair runs on."""
         payload = self.i.payload
         activation_fp8 = self._fp8_bit(payload.activation)
-        x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8)
+        split = self._datapath != "shared"
+        x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8, narrow=split)
                      for i in range(self._block_size)]
         x_scale = self._decode_scale(m, "x_scale", payload.activation.scale)
         # NaN flags per element, reduced after the decode cut (_nan_flags): an OR over every element of
@@ -347,22 +354,30 @@ class DotUnit(wiring.Component):
         for lane in range(self._lanes):
             weights = payload.weights[lane]
             weight_fp8 = self._fp8_bit(weights)
-            w_decoded = [self._decode_element(m, f"w{lane}_{i}", weights.codes[i], weight_fp8)
-                         for i in range(self._block_size)]
+            if split:
+                # The split datapath holds the weight codes themselves and decodes them after its held
+                # registers, so an idle path's weight decoders stay still too; only the NaN test is here.
+                w_nan = [weight_fp8 & weights.codes[i][:E4M3.magnitude_bits].all() for i in range(self._block_size)]
+                w_operands = {"codes": [weights.codes[i] for i in range(self._block_size)], "fp8": weight_fp8}
+            else:
+                w_decoded = [self._decode_element(m, f"w{lane}_{i}", weights.codes[i], weight_fp8)
+                             for i in range(self._block_size)]
+                w_nan = [n for _, n in w_decoded]
+                w_operands = [forms for forms, _ in w_decoded]
             w_scale = self._decode_scale(m, f"w{lane}_scale", weights.scale)
             scale_significand = Signal(_SCALE_SIGNIFICAND_BITS, name=f"s{lane}_sig")
             scale_shift = Signal(range(_SCALE_SHIFT_RANGE), name=f"s{lane}_shift")
             nan = Signal(self._block_size + 1, name=f"w{lane}_nan")
             m.d.comb += [scale_significand.eq(w_scale.significand * x_scale.significand),
                          scale_shift.eq(w_scale.exponent + x_scale.exponent - 2),
-                         nan.eq(Cat(*(n for _, n in w_decoded), w_scale.nan))]
+                         nan.eq(Cat(*w_nan, w_scale.nan))]
             # One select per path after the widest (the FP4 x FP4 one); none set: the widest path.
             selects = []
             if self._datapath != "shared":
                 narrow = Signal(name=f"sel{lane}_fp4")
                 m.d.comb += narrow.eq(~activation_fp8 & ~weight_fp8)
                 selects.append(narrow)
-            lanes.append({"w": [forms for forms, _ in w_decoded], "scale": (scale_significand, scale_shift),
+            lanes.append({"w": w_operands, "scale": (scale_significand, scale_shift),
                           "nan": nan, "selects": selects})
         return {"x": [forms for forms, _ in x_decoded], "x_nan": x_nan, "lanes": lanes,
                 "first": payload.first, "last": payload.last}
@@ -388,15 +403,31 @@ class DotUnit(wiring.Component):
 
     def _split_operands(self, m, enable, valid, decoded):
         """The split datapath's operand registers, which also make the decode cut: a path loads only in
-        the cycles it runs a pair; the control travels in an ordinary pipeline register beside them."""
+        the cycles it runs a pair, and decodes its held weight codes after them (the widest path both
+        formats, E2M1 promoted, the narrow one E2M1); the control travels in an ordinary pipeline
+        register beside them."""
         lanes = []
         for lane, state in enumerate(decoded["lanes"]):
             loads = [~Cat(*state["selects"]).any(), *state["selects"]]
-            held = {path.prefix: self._hold_operands(m, enable & valid & load, lane, path,
-                                                     self._operands(path, decoded["x"], state["w"]), state["scale"])
-                    for path, load in zip(self._paths, loads)}
-            lanes.append({path.prefix: (self._multiplier_inputs(m, lane, path, held[path.prefix][0]),
-                                        held[path.prefix][1]) for path in self._paths})
+            by_path = {}
+            for path, load in zip(self._paths, loads):
+                wide = path is self._paths[0]
+                code_bits = 8 if wide else E2M1.code_bits
+                operands = [x_forms[path.a] + (code[:code_bits],) for x_forms, code in zip(decoded["x"], state["w"]["codes"])]
+                held, scale, fp8 = self._hold_operands(m, enable & valid & load, lane, path, operands, state["scale"],
+                                                       state["w"]["fp8"] if wide else None)
+                elements = []
+                for i, (*x_element, code) in enumerate(held):
+                    if wide:
+                        forms, _ = self._decode_element(m, f"w{lane}_{i}", code, fp8[0])
+                        w_element = forms[path.b]
+                    else:
+                        m.submodules[f"nw{lane}_{i}_e2m1"] = e2m1 = Decoder(format=E2M1)
+                        m.d.comb += e2m1.code.eq(code)
+                        w_element = (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
+                    elements.append(tuple(x_element) + w_element)
+                by_path[path.prefix] = (self._multiplier_inputs(m, lane, path, elements), scale)
+            lanes.append(by_path)
         return lanes, self._control(decoded)
 
     def _products(self, m, stage, valid, lanes, control):

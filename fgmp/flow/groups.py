@@ -21,7 +21,7 @@ _PIPELINE = ("pipeline registers", r"_q$|_v$")
 _DOT = [
     _PIPELINE,
     ("operand registers", r"^n?op\d+_"),
-    ("decoders", r"^[xw][\d_]*_(e2m1|e4m3)\.|^[xw][\d_]+_(sign|sig|exp|nan)$|^(x|w\d+)_scale\."),
+    ("decoders", r"^n?[xw][\d_]*_(e2m1|e4m3)\.|^[xw][\d_]+_(sign|sig|exp|nan)$|^(x|w\d+)_scale\."),
     ("multipliers", r"^m\d+_\d+$|^p\d+_\d+(_shift|_sign|_xsig)?$"),
     ("adder tree", r"^t\d+_l\d+_\d+$|^sum\d+$"),
     ("scale path", r"^s\d+_(sig|shift)$|^sp\d+(_\d+)?$|^term\d+$"),
