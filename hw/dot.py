@@ -326,16 +326,16 @@ class DotUnit(wiring.Component):
                     m.d.sync += register.eq(value)
                 registers.append(register)
             held.append(tuple(registers))
-        lane_registers = []
-        for role, value in (("ssig", scale[0]), ("sshift", scale[1]), ("b_fp8", weight_fp8)):
-            if value is None:
-                continue
-            # The precision bit starts at FP8, so that code 0 decodes to exponent 1 as above.
-            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}", init=role == "b_fp8", reset_less=True)
+        def hold(role, value, init=0):
+            register = Signal(len(value), name=f"{path.prefix}op{lane}_{role}", init=init, reset_less=True)
             with m.If(load):
                 m.d.sync += register.eq(value)
-            lane_registers.append(register)
-        return held, tuple(lane_registers[:2]), lane_registers[2:]
+            return register
+
+        held_scale = (hold("ssig", scale[0]), hold("sshift", scale[1]))
+        # The precision bit starts at FP8, so that code 0 decodes to exponent 1 as above.
+        held_fp8 = None if weight_fp8 is None else hold("b_fp8", weight_fp8, init=1)
+        return held, held_scale, held_fp8
 
     def _decode(self, m):
         """Stage 0: the activation block decoded once, each lane's weight block, scale product, NaN flag and
@@ -412,14 +412,14 @@ class DotUnit(wiring.Component):
             by_path = {}
             for path, load in zip(self._paths, loads):
                 wide = path is self._paths[0]
-                code_bits = 8 if wide else E2M1.code_bits
+                code_bits = E4M3.code_bits if wide else E2M1.code_bits
                 operands = [x_forms[path.a] + (code[:code_bits],) for x_forms, code in zip(decoded["x"], state["w"]["codes"])]
                 held, scale, fp8 = self._hold_operands(m, enable & valid & load, lane, path, operands, state["scale"],
                                                        state["w"]["fp8"] if wide else None)
                 elements = []
                 for i, (*x_element, code) in enumerate(held):
                     if wide:
-                        forms, _ = self._decode_element(m, f"w{lane}_{i}", code, fp8[0])
+                        forms, _ = self._decode_element(m, f"w{lane}_{i}", code, fp8)
                         w_element = forms[path.b]
                     else:
                         m.submodules[f"nw{lane}_{i}_e2m1"] = e2m1 = Decoder(format=E2M1)
