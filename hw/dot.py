@@ -16,7 +16,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "FL
 # Where the register cuts go, in the order a deeper pipeline adds them (docs/interfaces.md): depth P takes
 # the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
 CUTS = ("tree", "products", "term", "convert_lod", "convert_round", "accumulate", "convert_shift", "term_multiply",
-        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply")
+        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply", "term_pairs")
 MAX_PIPELINE_STAGES = len(CUTS)
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
@@ -499,7 +499,9 @@ class DotUnit(wiring.Component):
         selects two shifted copies of the block sum, and their sum is one carry chain with one logic
         level in front (a ``*`` here became a multiplier three LUT levels deep before its carry chain
         on the ECP5). The ``term_multiply`` cut sits after the quarters, ``term_sum`` after their sum
-        and before the shift."""
+        and before the shift. The sum is two levels of adders, (q0 + q1·4) and (q2 + q3·4), then the
+        pair sums added; ``term_pairs`` registers the pair sums, so that stage has one carry chain
+        instead of two in series."""
         quarter_bits = 2
         quarters = []
         for lane, by_path in enumerate(lanes):
@@ -515,13 +517,33 @@ class DotUnit(wiring.Component):
                 per_path[path.prefix] = (parts, shift)
             quarters.append(per_path)
         valid, (quarters, control) = stage("term_multiply", valid, (quarters, control))
-        products = []
+        pairs = []
         for lane, per_path in enumerate(quarters):
             by_path = {}
             for path in self._paths:
                 (q0, q1, q2, q3), shift = per_path[path.prefix]
-                product = Signal(signed(len(q0) + 3 * quarter_bits), name=f"{path.prefix}sp{lane}")
-                m.d.comb += product.eq((q0 + (q1 << quarter_bits)) + ((q2 + (q3 << quarter_bits)) << 2 * quarter_bits))
+                sums = (q0 + (q1 << quarter_bits), q2 + (q3 << quarter_bits))
+                if "term_pairs" in self.cuts:  # named, so their registers are
+                    named = []
+                    for k, value in enumerate(sums):
+                        pair = Signal(value.shape(), name=f"{path.prefix}sp{lane}_pair{k}")
+                        m.d.comb += pair.eq(value)
+                        named.append(pair)
+                    sums = tuple(named)
+                # Without the cut the pair sums stay expressions, so the product is the same
+                # expression (and the same Verilog) as before the cut existed.
+                by_path[path.prefix] = (sums, shift)
+            pairs.append(by_path)
+        valid, (pairs, control) = stage("term_pairs", valid, (pairs, control))
+        products = []
+        for lane, per_path in enumerate(pairs):
+            by_path = {}
+            for path in self._paths:
+                (low, high), shift = per_path[path.prefix]
+                # The block sum's register width + the significand's bits (a quarter's + 3 · quarter_bits).
+                width = path.block_sum_bits(self._block_size) + 1 + _SCALE_SIGNIFICAND_BITS
+                product = Signal(signed(width), name=f"{path.prefix}sp{lane}")
+                m.d.comb += product.eq(low + (high << 2 * quarter_bits))
                 by_path[path.prefix] = (product, shift)
             products.append(by_path)
         valid, (products, control) = stage("term_sum", valid, (products, control))
