@@ -18,7 +18,7 @@ output checked against golden. Method and constants: fgmp/energy.py, fgmp/energy
 Depths: every unit at each ``--pipeline-stages`` P, the 30 % tables and the group breakdown at each, the
 sweep and the mix grid at the first. P = 1 is the shallowest useful unit; at P >= 11 every unit has the
 decode cut, so the split datapath's held operand registers stand in for registers the other units have
-too (at P = 1 it has them on top), and P = 13 is the depth that closes timing on the ECP5.
+too (at P = 1 it has them on top); P = 13 is the 4-lane timing point of docs/hardware.md (116 MHz).
 """
 
 import argparse

@@ -523,7 +523,7 @@ class DotUnit(wiring.Component):
             for path in self._paths:
                 (q0, q1, q2, q3), shift = per_path[path.prefix]
                 sums = (q0 + (q1 << quarter_bits), q2 + (q3 << quarter_bits))
-                if "term_pairs" in self.cuts:  # named, so their registers are
+                if "term_pairs" in self.cuts:  # named, so that their registers carry the name too
                     named = []
                     for k, value in enumerate(sums):
                         pair = Signal(value.shape(), name=f"{path.prefix}sp{lane}_pair{k}")

@@ -24,10 +24,10 @@ _DOT = [
     ("decoders", r"^n?[xw][\d_]*_(e2m1|e4m3)\.|^[xw][\d_]+_(sign|sig|exp|nan)$|^(x|w\d+)_scale\."),
     ("multipliers", r"^m\d+_\d+$|^p\d+_\d+(_shift|_sign|_xsig)?$"),
     ("adder tree", r"^t\d+_l\d+_\d+$|^sum\d+$"),
-    ("scale path", r"^s\d+_(sig|shift)$|^sp\d+(_\d+)?$|^term\d+$"),
+    ("scale path", r"^s\d+_(sig|shift)$|^sp\d+(_\d+|_pair\d)?$|^term\d+$"),
     ("FP4×FP4 multipliers", r"^nm\d+_\d+$|^np\d+_\d+(_shift|_sign|_xsig)?$"),
     ("FP4×FP4 adder tree", r"^nt\d+_l\d+_\d+$|^nsum\d+$"),
-    ("FP4×FP4 scale path", r"^nsp\d+(_\d+)?$|^nterm\d+$"),
+    ("FP4×FP4 scale path", r"^nsp\d+(_\d+|_pair\d)?$|^nterm\d+$"),
     ("accumulator", r"^acc\d+|^final|^count|^start(_next)?$|^in_reduction$"),
     ("FP32 conversion", r"^fp32_\d+_|^o__payload|^o_result$"),
 ]
