@@ -20,6 +20,35 @@ def leading_one(m, value, name):
     return position
 
 
+def leading_one_chunks(value, chunk):
+    """The first level of a two-level ``leading_one``: [(bit offset, (any bit set, position))] of the
+    aligned ``chunk``-bit pieces (a power of two) where the tree's own split points fall, for
+    ``combine_leading_one`` to finish, possibly after a register."""
+    if chunk < 1 or chunk & (chunk - 1):
+        raise ValueError(f"Chunk must be a power of two, not {chunk}")
+    return [(lo, _leading_one_tree(value[lo:min(lo + chunk, len(value))])) for lo in range(0, len(value), chunk)]
+
+
+def combine_leading_one(width, chunks):
+    """(any bit set, position of the highest set bit) of a ``width``-bit value from its chunks
+    (``leading_one_chunks``, or the same pairs after a register): the upper levels of the same tree, so
+    the result is the one ``leading_one`` gives."""
+    by_offset = dict(chunks)
+    chunk = min((b for b in by_offset if b), default=width)
+
+    def tree(lo, hi):
+        if lo in by_offset and hi - lo <= chunk:
+            return by_offset[lo]
+        half = 1 << (hi - lo - 1).bit_length() - 1
+        low_any, low_position = tree(lo, lo + half)
+        high_any, high_position = tree(lo + half, hi)
+        bits = (half - 1).bit_length()
+        return (high_any | low_any,
+                Cat(Mux(high_any, high_position, low_position)[:bits] if bits else Const(0, 0), high_any))
+
+    return tree(0, width)
+
+
 def _leading_one_tree(value):
     """(any bit set, position of the highest set bit) of ``value``; the position is 0 for 0."""
     if len(value) == 1:

@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import leading_one
+from .arith import combine_leading_one, leading_one, leading_one_chunks
 from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3, Format
 from .pipeline import StallPipeline, check_count, check_pipeline_stages
@@ -16,7 +16,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "FL
 # Where the register cuts go, in the order a deeper pipeline adds them (docs/interfaces.md): depth P takes
 # the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
 CUTS = ("tree", "products", "term", "convert_lod", "convert_round", "accumulate", "convert_shift", "term_multiply",
-        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply", "term_pairs")
+        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply", "term_pairs", "convert_lod_chunks")
 MAX_PIPELINE_STAGES = len(CUTS)
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
@@ -30,6 +30,7 @@ _CANONICAL_NAN = 0x7FC00000
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
 _SCALE_SIGNIFICAND_BITS = 2 * UE4M3.significand_bits
 _SCALE_SHIFT_RANGE = 2 * ((1 << UE4M3.exponent_bits) - 1) - 1  # w + x exponent - 2: 0..28
+_LOD_CHUNK = 16  # the first level of the two-level leading-one detection (``convert_lod_chunks``)
 
 
 def _check_formats(formats):
@@ -641,11 +642,30 @@ class DotUnit(wiring.Component):
             magnitudes.append({"magnitude": magnitude, "negative": final["sum"][-1], "nan": final["nan"]})
         valid, (magnitudes, overflow) = stage("convert_magnitude", valid, (magnitudes, state["overflow"]))
 
+        if "convert_lod_chunks" in self.cuts:
+            # The leading one of each aligned 16-bit chunk, registered, then the tree's upper levels: the
+            # one-level detector's path from the magnitude register (six LUT levels and the magnitude's
+            # long nets on the ECP5) split in two.
+            chunked = []
+            for lane, lane_state in enumerate(magnitudes):
+                chunks = {}
+                for offset, (found, position) in leading_one_chunks(lane_state["magnitude"], _LOD_CHUNK):
+                    chunk_found = Signal(name=f"fp32_{lane}_lod{offset}_any")
+                    chunk_position = Signal(len(position), name=f"fp32_{lane}_lod{offset}_pos")
+                    m.d.comb += [chunk_found.eq(found), chunk_position.eq(position)]
+                    chunks[offset] = (chunk_found, chunk_position)
+                chunked.append({**lane_state, "chunks": chunks})
+            valid, (chunked, overflow) = stage("convert_lod_chunks", valid, (chunked, overflow))
         located = []
-        for lane, lane_state in enumerate(magnitudes):
-            msb = leading_one(m, lane_state["magnitude"], f"fp32_{lane}")
+        for lane, lane_state in enumerate(magnitudes if "convert_lod_chunks" not in self.cuts else chunked):
             nonzero = Signal(name=f"fp32_{lane}_nonzero")
-            m.d.comb += nonzero.eq(lane_state["magnitude"].any())
+            if "chunks" in lane_state:
+                found, position = combine_leading_one(width, lane_state.pop("chunks").items())
+                msb = Signal(range(max(width, 2)), name=f"fp32_{lane}_msb")
+                m.d.comb += [msb.eq(position), nonzero.eq(found)]
+            else:
+                msb = leading_one(m, lane_state["magnitude"], f"fp32_{lane}")
+                m.d.comb += nonzero.eq(lane_state["magnitude"].any())
             located.append({**lane_state, "msb": msb, "nonzero": nonzero})
         valid, (located, overflow) = stage("convert_lod", valid, (located, overflow))
 

@@ -255,7 +255,7 @@ def test_credit_flow_control_ready_does_not_follow_the_sink():
     ({"lanes": 1, "block_size": 0}, ValueError, "Block size must be at least 1, not 0"),
     ({"lanes": 1, "max_blocks": 0}, ValueError, "Maximum blocks must be at least 1, not 0"),
     ({"lanes": 1, "max_blocks": "8"}, TypeError, "Maximum blocks must be an integer, not '8'"),
-    ({"lanes": 1, "pipeline_stages": 15}, ValueError, "Pipeline stages must be between 0 and 14, not 15"),
+    ({"lanes": 1, "pipeline_stages": 16}, ValueError, "Pipeline stages must be between 0 and 15, not 16"),
     ({"lanes": 1, "pipeline_stages": None}, TypeError, "Pipeline stages must be an integer, not None"),
     ({"lanes": 1, "formats": ["fp8"]}, TypeError, "Formats must be a tuple of format names, not ['fp8']"),
     ({"lanes": 1, "formats": ()}, ValueError, "Formats must name at least one of 'nvfp4', 'fp8'"),
