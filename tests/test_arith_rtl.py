@@ -7,13 +7,13 @@ import random
 
 import pytest
 import torch
-from amaranth import Cat, Module, signed
+from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fgmp import golden
-from fgmp.hw.arith import divide, leading_one, max_code, round_ratio, square
+from fgmp.hw.arith import combine_leading_one, divide, leading_one, leading_one_chunks, max_code, round_ratio, square
 from fgmp.hw.formats import E2M1, E4M3, UE4M3
 
 
@@ -87,6 +87,50 @@ def test_leading_one_is_the_highest_set_bit(width):
     sim.add_testbench(testbench)
     sim.run()
     assert got == [max(value.bit_length() - 1, 0) for value in values]
+
+
+class _LeadingOneInChunks(wiring.Component):
+    """The two-level detector, its chunks registered as the dot unit's ``convert_lod_chunks`` cut does."""
+
+    def __init__(self, width, chunk):
+        self._width, self._chunk = width, chunk
+        super().__init__({"value": In(width), "found": Out(1), "position": Out(range(max(width, 2)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        registered = {}
+        for offset, (found, position) in leading_one_chunks(self.value, self._chunk):
+            registered[offset] = (Signal(name=f"found{offset}"), Signal(len(position), name=f"position{offset}"))
+            m.d.sync += [registered[offset][0].eq(found), registered[offset][1].eq(position)]
+        found, position = combine_leading_one(self._width, registered.items())
+        m.d.comb += [self.found.eq(found), self.position.eq(position)]
+        return m
+
+
+@pytest.mark.parametrize("width,chunk", [(1, 16), (9, 4), (17, 16), (23, 16), (87, 16), (87, 1), (87, 64)])
+def test_leading_one_in_chunks_is_the_one_level_result_a_cycle_later(width, chunk):
+    dut = _LeadingOneInChunks(width, chunk)
+    generator = random.Random(width * chunk)
+    values = [0, (1 << width) - 1] + [(1 << b) | (generator.getrandbits(b) if b else 0)
+                                      for b in range(width) for _ in range(2)]
+    got = []
+
+    async def testbench(ctx):
+        for value in values:
+            ctx.set(dut.value, value)
+            await ctx.tick()
+            got.append((ctx.get(dut.found), ctx.get(dut.position)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got == [(int(value != 0), max(value.bit_length() - 1, 0)) for value in values]
+
+
+def test_leading_one_chunks_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="Chunk must be a power of two, not 12"):
+        leading_one_chunks(Signal(87), 12)
 
 
 def _evaluate(dut, inputs, output):
