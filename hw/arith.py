@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Mux, Signal, signed
 
 from .formats import Format
 
-__all__ = ["leading_one", "normalize", "divide", "divide_steps", "square", "round_ratio", "ratio_dividend",
+__all__ = ["leading_one", "leading_one_chunks", "combine_leading_one", "normalize", "divide", "divide_steps", "square", "round_ratio", "ratio_dividend",
            "ratio_base", "round_quotient", "RATIO_QUOTIENT_BITS", "max_code"]
 
 

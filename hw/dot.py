@@ -339,8 +339,9 @@ class DotUnit(wiring.Component):
         return held, held_scale, held_fp8
 
     def _decode(self, m):
-        """Stage 0: the activation block decoded once, each lane's weight block, scale product, NaN flag and
-        the path its pair runs on."""
+        """Stage 0: the activation block decoded once, each lane's weight block (on the split datapath only
+        its NaN test: the codes are decoded after the operand registers), scale product, NaN flag and the
+        path its pair runs on."""
         payload = self.i.payload
         activation_fp8 = self._fp8_bit(payload.activation)
         split = self._datapath != "shared"

@@ -179,7 +179,8 @@ def test_split_datapath_holds_the_idle_path_still(tmp_path):
     reach its logic), on FP8xFP8 or mixed pairs the FP4 path's; the running path switches. The one
     transition an idle path shows is each register whose initial value is 1 taking it when the simulation
     starts: the activation exponents and the FP8 path's weight precision bits (the weight registers hold
-    codes, initially 0, which decodes to a zero of exponent 1)."""
+    codes, initially 0, which decodes to a zero of exponent 1). The weight decoders after the registers
+    settle once at power-up and then hold too."""
     from fgmp.sim.activity import run_dot_activity
 
     params = {"lanes": 2, "block_size": 2, "max_blocks": 8, "pipeline_stages": 1, "datapath": "split"}
@@ -200,6 +201,12 @@ def test_split_datapath_holds_the_idle_path_still(tmp_path):
         pattern = re.compile(rf"^{prefix}(op\d+_|p\d+_\d+(_shift)?$|t\d+_l\d+_\d+$|sum\d+(_q)?$|term\d+(_q)?$)")
         return sum(count for name, count in activity.toggles.items() if pattern.match(name))
 
+    def decoders(activity, prefix):
+        """(transitions, bits) of the path's weight decoders, which sit after its registers."""
+        pattern = re.compile(rf"^{prefix}w\d+_\d+_((sign|sig|exp)$|e(4m3|2m1)\.)")
+        names = [name for name in activity.toggles if pattern.match(name)]
+        return sum(activity.toggles[n] for n in names), sum(activity.bits[n] for n in names)
+
     for (weight, activation), running in {("nvfp4", "nvfp4"): "FP4", ("nvfp4", "fp8"): "FP8",
                                           ("fp8", "fp8"): "FP8"}.items():
         activity = run_dot_activity(params, stream(weight, activation, len(weight + activation)), tmp_path)
@@ -212,3 +219,11 @@ def test_split_datapath_holds_the_idle_path_still(tmp_path):
                 assert toggles > 10 * len(initialised), f"{weight} x {activation}: its path switched {toggles} times"
             else:
                 assert toggles == len(initialised), f"{weight} x {activation}: the {path} path switched {toggles} times"
+            # An idle path's weight decoders only settle once at power-up (at most one transition per bit,
+            # from 0 to what code 0 decodes to); a running path's switch with every pair.
+            transitions, bits = decoders(activity, prefix)
+            assert bits > 0
+            if path == running:
+                assert transitions > 2 * bits, f"{weight} x {activation}: its decoders switched {transitions} times"
+            else:
+                assert transitions <= bits, f"{weight} x {activation}: the {path} decoders switched {transitions} times"
