@@ -5,8 +5,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, ratio_base, ratio_dividend,
-                    round_quotient, square)
+from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, quotient_code, quotient_exponent,
+                    quotient_round, ratio_base, ratio_dividend, square)
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
@@ -20,21 +20,29 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   unpack           the BF16 elements unpacked (significand, exponent - k, NaN/Inf), before the amax tree
 #   amax_mid         the amax tree after its first half of compare levels (2 of 4 at B = 16)
 #   amax             amax' found, before its normalisation and the scale roundings
-#   scale_div3/6     the scale divisions (amax' / 6 and / 448) after 3 and 6 of their 9 quotient bits
+#   amax_normalized  amax' normalised, before the scale divisions
+#   scale_div3/6     the scale divisions (amax' / 6 and / 448) after 3 and 6 of their 9 quotient bits; from
+#                    the first chunk on, each carries its rounding's exponent work (arith.quotient_exponent)
 #   scale_quotients  the scale quotients and remainders, before their rounding
+#   scale_rounding   the scale quotients shifted and rounded, before their codes and saturation
 #   scales           s4 and s8 (P >= 1)
-#   div3/6           the element divisions (x' / s4 and x' / s8) after 3 and 6 quotient bits
+#   divisors         s4 and s8 decoded and normalised, before the element divisions they divide
+#   div3/6           the element divisions (x' / s4 and x' / s8) after 3 and 6 quotient bits (as the scales')
 #   quotients        the element quotients and remainders, before their rounding
+#   rounding         the element quotients shifted and rounded, before their codes and saturation
 #   codes            q4 and q8, before the products s*q
 #   perturbations    |D| (P >= 2)
 #   delta_hat        Δ̂, |D| truncated to 12 bits, before its square
 #   square           Δ̂², before the product with F
 #   terms            F * Δ̂² (P >= 3)
 #   top              the largest term's position E, before the window and sum
+#   window           the terms shifted into the window below E, before their sum
+#   sum_mid          the windowed sum after the first half of its adder tree's levels
 #   sum              the windowed sum, before the threshold compare
 #   align            the windowed sum and T's bound in its frame (floor(T * 2**(85 - E))), before the compare
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
-        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align")
+        "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align",
+        "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -222,24 +230,31 @@ class ActivationQuantizer(wiring.Component):
 
         # Both scales, RNE(amax' / 6) and RNE(amax' / 448), their divisions split in three.
         amax_sig, amax_exp = normalize(m, live.pop("amax_sig"), live.pop("amax_exp"), "amax")
+        live.update(amax=amax_sig, amax_exp=amax_exp)
+        cut("amax_normalized")
+        amax_exp = live.pop("amax_exp")
         scales = {}
         for name, (den_sig, den_exp) in (("s4", _SCALE_6), ("s8", _SCALE_448)):
             den_exp = Const(den_exp, signed(4))
             scales[name] = {"base": ratio_base(m, amax_exp, den_exp, UE4M3, name),
-                            **_start_division(m, amax_sig, 4, name)}
-        live.update(scales=scales, amax=amax_sig)
+                            **_start_division(m, live["amax"], 4, name)}
+        live["scales"] = scales
         for positions, name in _QUOTIENT_CHUNKS:
             for key, (den_sig, _) in (("s4", _SCALE_6), ("s8", _SCALE_448)):
                 live["scales"][key] = _divide_chunk(m, live["amax"], live["scales"][key], Const(den_sig, 4),
                                                     positions, key)
             cut(f"scale_{name}")
-        scales, amax_sig = live.pop("scales"), live.pop("amax")
+            if positions is _QUOTIENT_CHUNKS[0][0]:
+                for key, division in live["scales"].items():
+                    _start_exponent(m, division, UE4M3, key)
         zero = Signal(name="amax_zero")
-        m.d.comb += zero.eq(amax_sig == 0)
-        s4 = round_quotient(m, Cat(*scales["s4"]["bits"]), scales["s4"]["partial"], scales["s4"]["base"], zero,
-                            UE4M3, "s4")
-        s8 = round_quotient(m, Cat(*scales["s8"]["bits"]), scales["s8"]["partial"], scales["s8"]["base"], zero,
-                            UE4M3, "s8")
+        m.d.comb += zero.eq(live.pop("amax") == 0)
+        live["scales"] = {key: _round(m, division, key) for key, division in live["scales"].items()}
+        live["scales_zero"] = zero
+        cut("scale_rounding")
+        scales, zero = live.pop("scales"), live.pop("scales_zero")
+        s4 = quotient_code(m, scales["s4"], zero, UE4M3, "s4")
+        s8 = quotient_code(m, scales["s8"], zero, UE4M3, "s8")
         s8_used = Signal(8, name="s8_used")
         m.d.comb += s8_used.eq(Mux(live.pop("has_inf"), _UE4M3_448, s8))
         live.update(s4=s4, s8_used=s8_used)
@@ -248,29 +263,38 @@ class ActivationQuantizer(wiring.Component):
         # Both candidates per element: x' / s rounded to E2M1 and E4M3, the divisions split in three.
         s4_sig, s4_exp = normalized_scale(m, decode_scale(m, live["s4"], "s4_dec"), "s4_dec")
         s8_sig, s8_exp = normalized_scale(m, decode_scale(m, live["s8_used"], "s8_dec"), "s8_dec")
+        live["divisors"] = {"s4": (s4_sig, s4_exp), "s8": (s8_sig, s8_exp)}
+        cut("divisors")
+        (s4_sig, s4_exp), (s8_sig, s8_exp) = live["divisors"]["s4"], live["divisors"]["s8"]
         live["divisors"] = (s4_sig, s8_sig)
         for i, element in enumerate(live["elements"]):
-            element["base4"] = ratio_base(m, element["exp"], s4_exp, E2M1, f"q4_{i}")
-            element["base8"] = ratio_base(m, element.pop("exp"), s8_exp, E4M3, f"q8_{i}")
-            element["div4"] = _start_division(m, element["sig"], 4, f"q4_{i}")
-            element["div8"] = _start_division(m, element["sig"], 4, f"q8_{i}")
+            element["div4"] = {"base": ratio_base(m, element["exp"], s4_exp, E2M1, f"q4_{i}"),
+                               **_start_division(m, element["sig"], 4, f"q4_{i}")}
+            element["div8"] = {"base": ratio_base(m, element.pop("exp"), s8_exp, E4M3, f"q8_{i}"),
+                               **_start_division(m, element["sig"], 4, f"q8_{i}")}
         for positions, name in _QUOTIENT_CHUNKS:
             s4_sig, s8_sig = live["divisors"]
             for i, element in enumerate(live["elements"]):
                 element["div4"] = _divide_chunk(m, element["sig"], element["div4"], s4_sig, positions, f"q4_{i}")
                 element["div8"] = _divide_chunk(m, element["sig"], element["div8"], s8_sig, positions, f"q8_{i}")
             cut(name)
+            if positions is _QUOTIENT_CHUNKS[0][0]:
+                for i, element in enumerate(live["elements"]):
+                    _start_exponent(m, element["div4"], E2M1, f"q4_{i}")
+                    _start_exponent(m, element["div8"], E4M3, f"q8_{i}")
         del live["divisors"]
+        for i, element in enumerate(live["elements"]):
+            zero = Signal(name=f"x{i}_zero")
+            m.d.comb += zero.eq(element.pop("sig") == 0)
+            element.update(zero=zero, div4=_round(m, element["div4"], f"q4_{i}"),
+                           div8=_round(m, element["div8"], f"q8_{i}"))
+        cut("rounding")
         s4_zero = decode_scale(m, live["s4"], "s4_dec_zero").zero
         s8_zero = decode_scale(m, live["s8_used"], "s8_dec_zero").zero
         q4_codes, q8_codes = [], []
         for i, element in enumerate(live.pop("elements")):
-            zero = Signal(name=f"x{i}_zero")
-            m.d.comb += zero.eq(element["sig"] == 0)
-            q4_mag = round_quotient(m, Cat(*element["div4"]["bits"]), element["div4"]["partial"], element["base4"],
-                                    zero, E2M1, f"q4_{i}")
-            q8_mag = round_quotient(m, Cat(*element["div8"]["bits"]), element["div8"]["partial"], element["base8"],
-                                    zero, E4M3, f"q8_{i}")
+            q4_mag = quotient_code(m, element["div4"], element["zero"], E2M1, f"q4_{i}")
+            q8_mag = quotient_code(m, element["div8"], element["zero"], E4M3, f"q8_{i}")
             q4, q8 = element_codes(m, q4_mag, q8_mag, element, s4_zero, s8_zero, i)
             q4_codes.append(q4)
             q8_codes.append(q8)
@@ -305,9 +329,15 @@ class ActivationQuantizer(wiring.Component):
         leading = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live["terms"])]
         live["top"] = _tree(leading, lambda a, b, name: _larger(m, a, b, name), "top")
         cut("top")
-        units = [windowed_term(m, tm, te, live["top"], i) for i, (tm, te) in enumerate(live.pop("terms"))]
+        live["units"] = [windowed_term(m, tm, te, live["top"], i) for i, (tm, te) in enumerate(live.pop("terms"))]
+        cut("window")
+        # The windowed sum as a balanced tree of adds, cut after its first half of levels.
+        add = lambda a, b, name: _sum(m, a, b, name)  # noqa: E731
+        first_levels = ((B - 1).bit_length() + 1) // 2
+        live["units"] = _tree_levels(live["units"], add, "score_l", 0, first_levels)
+        cut("sum_mid")
         total = Signal(score_width(B), name="score_units")
-        m.d.comb += total.eq(sum(units))
+        m.d.comb += total.eq(_tree_levels(live.pop("units"), add, "score_l", first_levels, None)[0])
         live["total"] = total
         cut("sum")
 
@@ -336,8 +366,9 @@ class ActivationQuantizer(wiring.Component):
         return m
 
 
-_DATAFLOW = ("unpack", "amax_mid", "amax", "scale_div3", "scale_div6", "scale_quotients", "scales", "div3", "div6",
-             "quotients", "codes", "perturbations", "delta_hat", "square", "terms", "top", "sum", "align")
+_DATAFLOW = ("unpack", "amax_mid", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
+             "scale_rounding", "scales", "divisors", "div3", "div6", "quotients", "rounding", "codes", "perturbations",
+             "delta_hat", "square", "terms", "top", "window", "sum_mid", "sum", "align")
 # The restoring divisions' quotient bits (9, MSB first) in three chunks of three, and the cut after each.
 _QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
 
@@ -348,6 +379,17 @@ def _start_division(m, num_sig, width, name):
     partial = Signal(width, name=f"{name}_r{RATIO_QUOTIENT_BITS}")
     m.d.comb += partial.eq(ratio_dividend(num_sig) >> RATIO_QUOTIENT_BITS)
     return {"partial": partial, "bits": []}
+
+
+def _start_exponent(m, division, fmt, name):
+    """Once a division has its top quotient bit: its rounding's exponent work (``quotient_exponent``), in
+    the stage of the next quotient bits, in place of the base."""
+    division["exponent"] = quotient_exponent(m, division.pop("base"), division["bits"][-1], fmt, name)
+
+
+def _round(m, division, name):
+    """A finished division, rounded (``quotient_round``): what ``quotient_code`` needs."""
+    return quotient_round(m, Cat(*division["bits"]), division["partial"], division["exponent"], name)
 
 
 def _divide_chunk(m, num_sig, division, divisor, positions, name):
@@ -362,6 +404,12 @@ def _larger_magnitude(m, a, b, name):
     e = Signal(signed(11), name=f"{name}_exp")
     m.d.comb += [s.eq(Mux(a_larger, sa, sb)), e.eq(Mux(a_larger, ea, eb))]
     return s, e
+
+
+def _sum(m, a, b, name):
+    total = Signal(max(len(a), len(b)) + 1, name=name)
+    m.d.comb += total.eq(a + b)
+    return total
 
 
 def _larger(m, a, b, name):

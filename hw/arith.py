@@ -7,7 +7,8 @@ from amaranth import Cat, Const, Mux, Signal, signed
 from .formats import Format
 
 __all__ = ["leading_one", "leading_one_chunks", "combine_leading_one", "normalize", "divide", "divide_steps", "square", "round_ratio", "ratio_dividend",
-           "ratio_base", "round_quotient", "RATIO_QUOTIENT_BITS", "max_code"]
+           "ratio_base", "round_quotient", "quotient_exponent", "quotient_round", "quotient_code",
+           "RATIO_QUOTIENT_BITS", "max_code"]
 
 
 def leading_one(m, value, name):
@@ -192,37 +193,66 @@ def ratio_base(m, num_exp, den_exp, fmt, name):
 
 def round_quotient(m, quotient, remainder, base, zero, fmt, name):
     """The code of (quotient + remainder / d) * 2**base rounded to ``fmt`` (RNE, saturating); ``zero``: the
-    numerator was 0 (code 0)."""
+    numerator was 0 (code 0). Three steps a pipeline can register between: ``quotient_exponent`` (from
+    ``base`` and the quotient's top bit, the first a division yields), ``quotient_round`` and
+    ``quotient_code``."""
+    exponent = quotient_exponent(m, base, quotient[RATIO_QUOTIENT_BITS - 1], fmt, name)
+    rounded = quotient_round(m, quotient, remainder, exponent, name)
+    return quotient_code(m, rounded, zero, fmt, name)
+
+
+def quotient_exponent(m, base, top_bit, fmt, name):
+    """round_quotient's exponent work, which needs only ``base`` and the quotient's top bit: how far the
+    quotient shifts right to leave the code's significand (``shift``), and the code's exponent field
+    already in place (``exponent_code``, (target - emin) << (p - 1), target = max(leading exponent, emin)).
+
+    The leading one of Q is at 7 + Q[8], so a normal result always shifts by 8 - p + Q[8], and a subnormal
+    one by emin - (p - 1) - base: no subtraction of the two exponents is left for the rounding stage."""
     _check_ratio_format(fmt)
     p = fmt.significand_bits
     emin = 1 - fmt.bias
     _, _, exp_width = _ratio_range(fmt)
-    # value = (Q + R/d) * 2**base, and the leading one of Q is at 7 + Q[8].
     leading = Signal(signed(exp_width), name=f"{name}_e")  # exponent of the leading one
-    m.d.comb += leading.eq(base + 7 + quotient[8])
-    target = Signal(signed(exp_width), name=f"{name}_target")  # max(leading, emin)
-    m.d.comb += target.eq(Mux(leading < emin, emin, leading))
-    shift_raw = Signal(signed(exp_width + 1), name=f"{name}_shift_raw")
-    m.d.comb += shift_raw.eq(target - (p - 1) - base)
+    m.d.comb += leading.eq(base + 7 + top_bit)
+    subnormal = Signal(name=f"{name}_subnormal")
+    m.d.comb += subnormal.eq(leading < emin)
+    subnormal_shift = Signal(signed(exp_width + 1), name=f"{name}_shift_raw")
+    m.d.comb += subnormal_shift.eq(emin - (p - 1) - base)
     # Beyond 10 every quotient bit is below the guard bit: the result is the same as at 11.
     shift = Signal(range(12), name=f"{name}_shift")
-    m.d.comb += shift.eq(Mux(shift_raw > 11, 11, shift_raw))
+    m.d.comb += shift.eq(Mux(subnormal, Mux(subnormal_shift > 11, 11, subnormal_shift), 8 - p + top_bit))
+    exponent_code = Signal(exp_width + p, name=f"{name}_exponent_code")
+    m.d.comb += exponent_code.eq(Mux(subnormal, 0, (leading - emin) << (p - 1)))
+    return {"shift": shift, "exponent_code": exponent_code}
 
+
+def quotient_round(m, quotient, remainder, exponent, name):
+    """The quotient shifted right by ``exponent["shift"]`` and rounded to nearest even from its guard bit,
+    the bits below and the division's remainder; ``exponent_code`` passes through. The guard bit and the
+    sticky mask come from the quotient shifted up by one, so they need no ``shift - 1``."""
+    shift = exponent["shift"]
     kept = Signal(9, name=f"{name}_kept")
     guard = Signal(name=f"{name}_guard")
-    below = Signal(9, name=f"{name}_below")
-    guard_position = Signal(range(11), name=f"{name}_guard_at")  # shift >= 4 always: 8 - (p - 1) - 1
-    m.d.comb += [guard_position.eq(shift - 1), kept.eq(quotient >> shift),
-                 guard.eq((quotient >> guard_position)[0]),
-                 below.eq(quotient & ((Const(1, 12) << guard_position) - 1))]
-    sticky = below.any() | remainder.any()
+    below = Signal(name=f"{name}_below")  # a quotient bit below the guard bit is set
+    doubled = Cat(Const(0, 1), quotient)
+    m.d.comb += [kept.eq(quotient >> shift), guard.eq((doubled >> shift)[0]),
+                 below.eq((doubled & Cat(*(shift > j for j in range(len(doubled))))).any())]
+    sticky = below | remainder.any()
     rounded = Signal(10, name=f"{name}_n")
     m.d.comb += rounded.eq(kept + (guard & (sticky | kept[0])))
+    return {"rounded": rounded, "exponent_code": exponent["exponent_code"]}
 
-    # code = (target - emin) << (p - 1) + n covers normal, subnormal, the carry into the next binade and
-    # a subnormal rounding up to the smallest normal alike.
-    code_wide = Signal(signed(exp_width + p + 2), name=f"{name}_wide")
-    m.d.comb += code_wide.eq(((target - emin) << (p - 1)) + rounded)
+
+def quotient_code(m, rounded, zero, fmt, name):
+    """The magnitude code from ``quotient_round``'s result, saturating; ``zero``: code 0.
+
+    code = (target - emin) << (p - 1) + n covers normal, subnormal, the carry into the next binade and a
+    subnormal rounding up to the smallest normal alike."""
+    _check_ratio_format(fmt)
+    p = fmt.significand_bits
+    _, _, exp_width = _ratio_range(fmt)
+    code_wide = Signal(exp_width + p + 2, name=f"{name}_wide")
+    m.d.comb += code_wide.eq(rounded["exponent_code"] + rounded["rounded"])
     code = Signal(fmt.magnitude_bits, name=f"{name}_code")
     with m.If(zero):
         m.d.comb += code.eq(0)
