@@ -31,18 +31,23 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   quotients        the element quotients and remainders, before their rounding
 #   rounding         the element quotients shifted and rounded, before their codes and saturation
 #   codes            q4 and q8, before the products s*q
+#   magnitudes       |s4*q4| and |s8*q8|, before their distance
 #   perturbations    |D| (P >= 2)
 #   delta_hat        Δ̂, |D| truncated to 12 bits, before its square
 #   square           Δ̂², before the product with F
 #   terms            F * Δ̂² (P >= 3)
+#   leading          each term's leading position, before their maximum
+#   top_mid          the maximum's tree after its first half of levels
 #   top              the largest term's position E, before the window and sum
 #   window           the terms shifted into the window below E, before their sum
 #   sum_mid          the windowed sum after the first half of its adder tree's levels
 #   sum              the windowed sum, before the threshold compare
 #   align            the windowed sum and T's bound in its frame (floor(T * 2**(85 - E))), before the compare
+#   decision         the block's choice of FP8, before it selects the output codes and scale
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
         "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align",
-        "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized")
+        "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized", "magnitudes", "leading",
+        "top_mid", "decision")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -304,11 +309,10 @@ class ActivationQuantizer(wiring.Component):
         # |D| = |s4*q4 - s8*q8| in units of s8's exponent (``perturbation``).
         s4_decoded = decode_scale(m, live["s4"], "s4_dec_value")
         s8_decoded = decode_scale(m, live["s8_used"], "s8_dec_value")
-        deltas = []
-        for i in range(B):
-            delta = perturbation(m, s4_decoded, s8_decoded, live["q4"][i], live["q8"][i], i)
-            deltas.append(delta)
-        live["deltas"] = deltas
+        live["magnitudes"] = [scaled_magnitudes(m, s4_decoded, s8_decoded, live["q4"][i], live["q8"][i], i)
+                              for i in range(B)]
+        cut("magnitudes")
+        live["deltas"] = [magnitude_distance(m, p4, p8, i) for i, (p4, p8) in enumerate(live.pop("magnitudes"))]
         cut("perturbations")
 
         # Score terms F * Δ̂² as (mantissa, exponent) pairs: Δ̂ first, then its square, then F.
@@ -325,15 +329,19 @@ class ActivationQuantizer(wiring.Component):
         live["terms"] = terms
         cut("terms")
 
-        # Window the terms below the largest one (its leading position E), sum, compare with T.
-        leading = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live["terms"])]
-        live["top"] = _tree(leading, lambda a, b, name: _larger(m, a, b, name), "top")
+        # Window the terms below the largest one (its leading position E), sum, compare with T. The maximum
+        # and the sum are trees, each cut after its first half of levels.
+        first_levels = ((B - 1).bit_length() + 1) // 2
+        live["leading"] = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live["terms"])]
+        cut("leading")
+        larger = lambda a, b, name: _larger(m, a, b, name)  # noqa: E731
+        live["leading"] = _tree_levels(live["leading"], larger, "top", 0, first_levels)
+        cut("top_mid")
+        live["top"] = _tree_levels(live.pop("leading"), larger, "top", first_levels, None)[0]
         cut("top")
         live["units"] = [windowed_term(m, tm, te, live["top"], i) for i, (tm, te) in enumerate(live.pop("terms"))]
         cut("window")
-        # The windowed sum as a balanced tree of adds, cut after its first half of levels.
         add = lambda a, b, name: _sum(m, a, b, name)  # noqa: E731
-        first_levels = ((B - 1).bit_length() + 1) // 2
         live["units"] = _tree_levels(live["units"], add, "score_l", 0, first_levels)
         cut("sum_mid")
         total = Signal(score_width(B), name="score_units")
@@ -345,8 +353,12 @@ class ActivationQuantizer(wiring.Component):
         live["aligned"] = align_score(m, live.pop("total"), live.pop("top"), live.pop("threshold"))
         cut("align")
         greater = score_above(m, live.pop("aligned"))
-        fp8 = Signal(name="choose_fp8")
-        m.d.comb += fp8.eq(live["forced"] | greater)
+        choose_fp8 = Signal(name="choose_fp8")
+        m.d.comb += choose_fp8.eq(live.pop("forced") | greater)
+        live["fp8"] = choose_fp8
+        # The decision selects every output code and the scale: registered, its fan-out starts at a flop.
+        cut("decision")
+        fp8 = live["fp8"]
 
         with m.If(enable):
             m.d.sync += [self.o.valid.eq(valid), self.o.payload.first.eq(live["first"]),
@@ -367,8 +379,8 @@ class ActivationQuantizer(wiring.Component):
 
 
 _DATAFLOW = ("unpack", "amax_mid", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
-             "scale_rounding", "scales", "divisors", "div3", "div6", "quotients", "rounding", "codes", "perturbations",
-             "delta_hat", "square", "terms", "top", "window", "sum_mid", "sum", "align")
+             "scale_rounding", "scales", "divisors", "div3", "div6", "quotients", "rounding", "codes", "magnitudes",
+             "perturbations", "delta_hat", "square", "terms", "leading", "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
 # The restoring divisions' quotient bits (9, MSB first) in three chunks of three, and the cut after each.
 _QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
 
@@ -545,12 +557,22 @@ def perturbation(m, s4_decoded, s8_decoded, q4, q8, i):
     is its significands' product shifted by e4 - e8 + 8 and q4's exponent, s8 * q8 by q8's. Only |D| is
     scored, and q4 and q8 both carry the element's sign or are zero, so |D| is the distance of the
     magnitudes (a NaN's q8 has no sign, but its block is forced to FP8, score unused)."""
+    return magnitude_distance(m, *scaled_magnitudes(m, s4_decoded, s8_decoded, q4, q8, i), i)
+
+
+def scaled_magnitudes(m, s4_decoded, s8_decoded, q4, q8, i):
+    """``perturbation``'s two products, |s4*q4| and |s8*q8|, in its units, before their distance."""
     gap = Signal(signed(5), name=f"d{i}_gap")
     m.d.comb += gap.eq(s4_decoded.exponent - s8_decoded.exponent)
     clamped = Signal(_SCALE_GAP, name=f"d{i}_gap_used")
     m.d.comb += clamped.eq(Mux(gap < 0, 0, Mux(gap > _SCALE_GAP[-1], _SCALE_GAP[-1], gap)))
     p4 = scaled_magnitude(m, s4_decoded.significand, clamped + 8, E2M1, q4, _DELTA_WIDTH, f"p4_{i}")
     p8 = scaled_magnitude(m, s8_decoded.significand, 0, E4M3, q8, _DELTA_WIDTH, f"p8_{i}")
+    return p4, p8
+
+
+def magnitude_distance(m, p4, p8, i):
+    """|p4 - p8|: ``perturbation``'s D'."""
     delta = Signal(_DELTA_WIDTH, name=f"d{i}")
     m.d.comb += delta.eq(Mux(p4 >= p8, p4 - p8, p8 - p4))
     return delta
