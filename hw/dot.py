@@ -16,7 +16,8 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "FL
 # Where the register cuts go, in the order a deeper pipeline adds them (docs/interfaces.md): depth P takes
 # the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
 CUTS = ("tree", "products", "term", "convert_lod", "convert_round", "accumulate", "convert_shift", "term_multiply",
-        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply", "term_pairs", "convert_lod_chunks")
+        "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply", "term_pairs", "convert_lod_chunks",
+        "activation_decode")
 MAX_PIPELINE_STAGES = len(CUTS)
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
@@ -120,7 +121,8 @@ class DotUnit(wiring.Component):
     longest reduction in blocks that stays exact (sets the accumulator width; longer ones raise the
     ``overflow`` flag); ``pipeline_stages`` in 0..MAX_PIPELINE_STAGES, the number of register cuts, placed
     in the order of CUTS (after the adder tree, after the element products, after the scale multiply, then
-    into the FP32 conversion, the accumulator, ...); ``formats``, a tuple of 'nvfp4' and/or
+    into the FP32 conversion, the accumulator, ..., the last between the activation's decoders and the
+    lanes); ``formats``, a tuple of 'nvfp4' and/or
     'fp8' (FGMP, FP8-only or FP4-only units); ``datapath`` (FGMP units): 'shared' runs every pairing on
     one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own. The split datapath
     registers each path's operands and loads them only in the cycles the path is used, so an idle path
@@ -298,7 +300,9 @@ class DotUnit(wiring.Component):
         per position: what an element multiplier takes, so that it computes a signed product without a
         negation after it (see ``_products``). The shared datapath makes these before the ``decode`` cut,
         so each lane's multipliers start from registers of their own instead of a net broadcast to every
-        lane; the split datapath makes them after its held operand registers, so an idle path stays still."""
+        lane (and, after the ``activation_decode`` cut, from the registered decoded activation instead of
+        its decode selects); the split datapath makes them after its held operand registers, so an idle
+        path stays still."""
         inputs = []
         for i, (xs, xsig, xexp, ws, wsig, wexp) in enumerate(operands):  # (a, b): activation, weight
             sign = Signal(name=f"{path.prefix}p{lane}_{i}_sign")
@@ -338,20 +342,47 @@ class DotUnit(wiring.Component):
         held_fp8 = None if weight_fp8 is None else hold("b_fp8", weight_fp8, init=1)
         return held, held_scale, held_fp8
 
-    def _decode(self, m):
+    def _decode(self, m, stage, valid):
         """Stage 0: the activation block decoded once, each lane's weight block (on the split datapath only
         its NaN test: the codes are decoded after the operand registers), scale product, NaN flag and the
-        path its pair runs on."""
+        path its pair runs on. The ``activation_decode`` cut, where the depth places it, sits between the
+        decoders and everything the lanes make from their outputs (the scale products here, the multiplier
+        inputs or the split datapath's operand registers after); returns the (valid, decoded) after it."""
         payload = self.i.payload
         activation_fp8 = self._fp8_bit(payload.activation)
         split = self._datapath != "shared"
+        cut = "activation_decode" in self.cuts
+
+        def named(value, name):
+            # What crosses the cut gets a name, so that its register carries one too (not stage_wire<k>).
+            if not cut or isinstance(value, Signal):
+                return value
+            signal = Signal.like(value, name=name)
+            m.d.comb += signal.eq(value)
+            return signal
+
         x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8, narrow=split)
                      for i in range(self._block_size)]
+        x_elements = [{fmt: tuple(named(value, f"x{i}_{fmt.name.lower()}_{role}")
+                                  for value, role in zip(form, ("sign", "sig", "exp")))
+                       for fmt, form in forms.items()} for i, (forms, _) in enumerate(x_decoded)]
         x_scale = self._decode_scale(m, "x_scale", payload.activation.scale)
         # NaN flags per element, reduced after the decode cut (_nan_flags): an OR over every element of
         # both blocks was the decode stage's longest path.
         x_nan = Signal(self._block_size + 1, name="x_nan")
         m.d.comb += x_nan.eq(Cat(*(nan for _, nan in x_decoded), x_scale.nan))
+        x_scale = (named(x_scale.significand, "x_scale_sig"), named(x_scale.exponent, "x_scale_exp"))
+
+        def scale_product(lane, state, x_scale):
+            w_significand, w_exponent = state.pop("w_scale")
+            scale_significand = Signal(_SCALE_SIGNIFICAND_BITS, name=f"s{lane}_sig")
+            scale_shift = Signal(range(_SCALE_SHIFT_RANGE), name=f"s{lane}_shift")
+            nan = Signal(self._block_size + 1, name=f"w{lane}_nan")
+            m.d.comb += [scale_significand.eq(w_significand * x_scale[0]),
+                         scale_shift.eq(w_exponent + x_scale[1] - 2),
+                         nan.eq(Cat(*state.pop("w_nan")))]
+            state.update(scale=(scale_significand, scale_shift), nan=nan)
+
         lanes = []
         for lane in range(self._lanes):
             weights = payload.weights[lane]
@@ -360,29 +391,43 @@ class DotUnit(wiring.Component):
                 # The split datapath holds the weight codes themselves and decodes them after its held
                 # registers, so an idle path's weight decoders stay still too; only the NaN test is here.
                 w_nan = [weight_fp8 & weights.codes[i][:E4M3.magnitude_bits].all() for i in range(self._block_size)]
-                w_operands = {"codes": [weights.codes[i] for i in range(self._block_size)], "fp8": weight_fp8}
+                w_operands = {"codes": [named(weights.codes[i], f"w{lane}_{i}_code") for i in range(self._block_size)],
+                              "fp8": named(weight_fp8, f"w{lane}_fp8")}
             else:
                 w_decoded = [self._decode_element(m, f"w{lane}_{i}", weights.codes[i], weight_fp8)
                              for i in range(self._block_size)]
                 w_nan = [n for _, n in w_decoded]
                 w_operands = [forms for forms, _ in w_decoded]
             w_scale = self._decode_scale(m, f"w{lane}_scale", weights.scale)
-            scale_significand = Signal(_SCALE_SIGNIFICAND_BITS, name=f"s{lane}_sig")
-            scale_shift = Signal(range(_SCALE_SHIFT_RANGE), name=f"s{lane}_shift")
-            nan = Signal(self._block_size + 1, name=f"w{lane}_nan")
-            m.d.comb += [scale_significand.eq(w_scale.significand * x_scale.significand),
-                         scale_shift.eq(w_scale.exponent + x_scale.exponent - 2),
-                         nan.eq(Cat(*w_nan, w_scale.nan))]
+            state = {"w": w_operands, "w_scale": (named(w_scale.significand, f"w{lane}_scale_sig"),
+                                                  named(w_scale.exponent, f"w{lane}_scale_exp"))}
+            if cut:
+                w_nan_flags = Signal(self._block_size + 1, name=f"w{lane}_nan_flags")
+                m.d.comb += w_nan_flags.eq(Cat(*w_nan, w_scale.nan))
+                state["w_nan"] = (w_nan_flags,)
+            else:
+                # Made here without the cut, in the order (and so the Verilog) of the depths before it.
+                state["w_nan"] = (*w_nan, w_scale.nan)
+                scale_product(lane, state, x_scale)
             # One select per path after the widest (the FP4 x FP4 one); none set: the widest path.
             selects = []
             if self._datapath != "shared":
                 narrow = Signal(name=f"sel{lane}_fp4")
                 m.d.comb += narrow.eq(~activation_fp8 & ~weight_fp8)
                 selects.append(narrow)
-            lanes.append({"w": w_operands, "scale": (scale_significand, scale_shift),
-                          "nan": nan, "selects": selects})
-        return {"x": [forms for forms, _ in x_decoded], "x_nan": x_nan, "lanes": lanes,
-                "first": payload.first, "last": payload.last}
+            lanes.append({**state, "selects": selects})
+        decoded = {"x": x_elements, "x_nan": x_nan, "lanes": lanes, "first": named(payload.first, "first"),
+                   "last": named(payload.last, "last")}
+        if cut:
+            # The decoded activation elements and scale go to every lane: registered here, the nets that
+            # broadcast them start at flip-flops instead of at the activation's decode selects (whose
+            # precision bit fans out to all B elements). The shared datapath's weights cross decoded too,
+            # a bit wider than their codes, so that the scale products and each lane's multiplier inputs
+            # (the alignment-shift adder among them) have the next stage to themselves.
+            valid, (decoded, x_scale) = stage("activation_decode", valid, (decoded, x_scale))
+            for lane, state in enumerate(decoded["lanes"]):
+                scale_product(lane, state, x_scale)
+        return valid, decoded
 
     @staticmethod
     def _control(decoded):
@@ -407,7 +452,8 @@ class DotUnit(wiring.Component):
         """The split datapath's operand registers, which also make the decode cut: a path loads only in
         the cycles it runs a pair, and decodes its held weight codes after them (the widest path both
         formats, E2M1 promoted, the narrow one E2M1); the control travels in an ordinary pipeline
-        register beside them."""
+        register beside them. After the ``activation_decode`` cut they load from its registers, so
+        the activation's broadcast to every lane's registers starts at a flip-flop too."""
         lanes = []
         for lane, state in enumerate(decoded["lanes"]):
             loads = [~Cat(*state["selects"]).any(), *state["selects"]]
@@ -717,8 +763,7 @@ class DotUnit(wiring.Component):
         def stage(name, valid, values):
             return pipeline.stage(valid, values, name in self.cuts)
 
-        decoded = self._decode(m)
-        valid = pipeline.input_valid
+        valid, decoded = self._decode(m, stage, pipeline.input_valid)
         if self._datapath != "shared":
             lanes, control = self._split_operands(m, enable, valid, decoded)
             valid, control = pipeline.stage(valid, control, True)
