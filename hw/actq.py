@@ -6,7 +6,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, quotient_code, quotient_exponent,
-                    quotient_round, ratio_base, ratio_dividend, square)
+                    quotient_round, ratio_base, ratio_dividend, small_product, square)
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
@@ -27,10 +27,12 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   scale_rounding   the scale quotients shifted and rounded, before their codes and saturation
 #   scales           s4 and s8 (P >= 1)
 #   divisors         s4 and s8 decoded and normalised, before the element divisions they divide
-#   div3/6           the element divisions (x' / s4 and x' / s8) after 3 and 6 quotient bits (as the scales')
+#   div2/3/5/6/8     the element divisions (x' / s4 and x' / s8) after 2, 3, 5, 6 and 8 quotient bits (as the
+#                    scales', in chunks of at most two bits)
 #   quotients        the element quotients and remainders, before their rounding
 #   rounding         the element quotients shifted and rounded, before their codes and saturation
 #   codes            q4 and q8, before the products s*q
+#   magnitude_products  the significand products of s4*q4 and s8*q8 and their shift amounts, before the shifts
 #   magnitudes       |s4*q4| and |s8*q8|, before their distance
 #   perturbations    |D| (P >= 2)
 #   delta_hat        Δ̂, |D| truncated to 12 bits, before its square
@@ -47,7 +49,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
         "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align",
         "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized", "magnitudes", "leading",
-        "top_mid", "decision")
+        "top_mid", "decision", "magnitude_products", "div2", "div5", "div8")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -244,12 +246,12 @@ class ActivationQuantizer(wiring.Component):
             scales[name] = {"base": ratio_base(m, amax_exp, den_exp, UE4M3, name),
                             **_start_division(m, live["amax"], 4, name)}
         live["scales"] = scales
-        for positions, name in _QUOTIENT_CHUNKS:
+        for positions, name in _SCALE_QUOTIENT_CHUNKS:
             for key, (den_sig, _) in (("s4", _SCALE_6), ("s8", _SCALE_448)):
                 live["scales"][key] = _divide_chunk(m, live["amax"], live["scales"][key], Const(den_sig, 4),
                                                     positions, key)
             cut(f"scale_{name}")
-            if positions is _QUOTIENT_CHUNKS[0][0]:
+            if name == _EXPONENT_START:
                 for key, division in live["scales"].items():
                     _start_exponent(m, division, UE4M3, key)
         zero = Signal(name="amax_zero")
@@ -266,9 +268,12 @@ class ActivationQuantizer(wiring.Component):
         cut("scales")
 
         # Both candidates per element: x' / s rounded to E2M1 and E4M3, the divisions split in three.
-        s4_sig, s4_exp = normalized_scale(m, decode_scale(m, live["s4"], "s4_dec"), "s4_dec")
-        s8_sig, s8_exp = normalized_scale(m, decode_scale(m, live["s8_used"], "s8_dec"), "s8_dec")
+        s4_decoded = decode_scale(m, live["s4"], "s4_dec")
+        s8_decoded = decode_scale(m, live["s8_used"], "s8_dec")
+        s4_sig, s4_exp = normalized_scale(m, s4_decoded, "s4_dec")
+        s8_sig, s8_exp = normalized_scale(m, s8_decoded, "s8_dec")
         live["divisors"] = {"s4": (s4_sig, s4_exp), "s8": (s8_sig, s8_exp)}
+        live["gap"] = scale_gap(m, s4_decoded, s8_decoded, "d")
         cut("divisors")
         (s4_sig, s4_exp), (s8_sig, s8_exp) = live["divisors"]["s4"], live["divisors"]["s8"]
         live["divisors"] = (s4_sig, s8_sig)
@@ -283,7 +288,7 @@ class ActivationQuantizer(wiring.Component):
                 element["div4"] = _divide_chunk(m, element["sig"], element["div4"], s4_sig, positions, f"q4_{i}")
                 element["div8"] = _divide_chunk(m, element["sig"], element["div8"], s8_sig, positions, f"q8_{i}")
             cut(name)
-            if positions is _QUOTIENT_CHUNKS[0][0]:
+            if name == _EXPONENT_START:
                 for i, element in enumerate(live["elements"]):
                     _start_exponent(m, element["div4"], E2M1, f"q4_{i}")
                     _start_exponent(m, element["div8"], E4M3, f"q8_{i}")
@@ -309,8 +314,11 @@ class ActivationQuantizer(wiring.Component):
         # |D| = |s4*q4 - s8*q8| in units of s8's exponent (``perturbation``).
         s4_decoded = decode_scale(m, live["s4"], "s4_dec_value")
         s8_decoded = decode_scale(m, live["s8_used"], "s8_dec_value")
-        live["magnitudes"] = [scaled_magnitudes(m, s4_decoded, s8_decoded, live["q4"][i], live["q8"][i], i)
-                              for i in range(B)]
+        gap = live.pop("gap")
+        live["products"] = [magnitude_products(m, s4_decoded, s8_decoded, gap, live["q4"][i], live["q8"][i], i)
+                            for i in range(B)]
+        cut("magnitude_products")
+        live["magnitudes"] = [shift_magnitudes(m, products, i) for i, products in enumerate(live.pop("products"))]
         cut("magnitudes")
         live["deltas"] = [magnitude_distance(m, p4, p8, i) for i, (p4, p8) in enumerate(live.pop("magnitudes"))]
         cut("perturbations")
@@ -339,7 +347,10 @@ class ActivationQuantizer(wiring.Component):
         cut("top_mid")
         live["top"] = _tree_levels(live.pop("leading"), larger, "top", first_levels, None)[0]
         cut("top")
-        live["units"] = [windowed_term(m, tm, te, live["top"], i) for i, (tm, te) in enumerate(live.pop("terms"))]
+        # T's side of the compare needs only E: formed beside the window and sum, it travels with them.
+        top = live.pop("top")
+        live["frame"] = threshold_frame(m, top, live.pop("threshold"), score_width(B))
+        live["units"] = [windowed_term(m, tm, te, top, i) for i, (tm, te) in enumerate(live.pop("terms"))]
         cut("window")
         add = lambda a, b, name: _sum(m, a, b, name)  # noqa: E731
         live["units"] = _tree_levels(live["units"], add, "score_l", 0, first_levels)
@@ -350,7 +361,7 @@ class ActivationQuantizer(wiring.Component):
         cut("sum")
 
         # score = total * 2**(E - 85) against T = t_sig * 2**t_exp (FP32), exactly.
-        live["aligned"] = align_score(m, live.pop("total"), live.pop("top"), live.pop("threshold"))
+        live["aligned"] = threshold_bound(m, live.pop("total"), live.pop("frame"))
         cut("align")
         greater = score_above(m, live.pop("aligned"))
         choose_fp8 = Signal(name="choose_fp8")
@@ -379,10 +390,18 @@ class ActivationQuantizer(wiring.Component):
 
 
 _DATAFLOW = ("unpack", "amax_mid", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
-             "scale_rounding", "scales", "divisors", "div3", "div6", "quotients", "rounding", "codes", "magnitudes",
-             "perturbations", "delta_hat", "square", "terms", "leading", "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
-# The restoring divisions' quotient bits (9, MSB first) in three chunks of three, and the cut after each.
-_QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
+             "scale_rounding", "scales", "divisors", "div2", "div3", "div5", "div6", "div8", "quotients", "rounding",
+             "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square", "terms", "leading",
+             "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
+# The restoring divisions' quotient bits (9, MSB first) in chunks, and the cut after each: the scales' in
+# three chunks of three, the elements' (16 times as many, spread wider) in chunks of at most two, so that
+# the deepest pipelines have at most two compare-and-subtract carry chains in series per stage. The cuts
+# after 3 and 6 bits come first in CUTS; those after 2, 5 and 8 split their chunks later.
+_SCALE_QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
+_QUOTIENT_CHUNKS = ((range(7, 9), "div2"), (range(6, 7), "div3"), (range(4, 6), "div5"), (range(3, 4), "div6"),
+                    (range(1, 3), "div8"), (range(0, 1), "quotients"))
+# A division's rounding exponent work starts beside the quotient bits after the cut that ends this chunk.
+_EXPONENT_START = "div3"
 
 
 def _start_division(m, num_sig, width, name):
@@ -510,21 +529,25 @@ def normalized_scale(m, decoded, name):
     return normalize(m, decoded.significand, exponent, f"{name}_n")
 
 
-def scaled_magnitude(m, significand, shift, fmt, code, width, name):
-    """|sig * element| << ``shift`` as an integer of ``width`` bits (the element at its significand's LSB
-    times 2**(exponent - 1), E4M3 and E2M1 alike).
-
-    The significands are multiplied (4 x 2 or 4 x 4 bits) and the product shifted: multiplying the two
-    integer values would build an 18 x 18-bit multiplier per element."""
+def magnitude_product(m, significand, shift, fmt, code, width, name):
+    """|sig * element| << ``shift`` (the element at its significand's LSB times 2**(exponent - 1), E4M3
+    and E2M1 alike) before its shift: the significands' product (4 x 2 or 4 x 4 bits, in logic:
+    ``small_product``) and the shift amount. Multiplying the two integer values instead would build an
+    18 x 18-bit multiplier per element."""
     m.submodules[name] = decoder = Decoder(format=fmt)
     m.d.comb += decoder.code.eq(code)
     element = decoder.decoded
-    product = Signal(len(significand) + len(element.significand), name=f"{name}_sig")
-    m.d.comb += product.eq(significand * element.significand)
-    magnitude = Signal(width, name=name)
+    product = small_product(m, significand, element.significand, f"{name}_sig")
     # Decoded exponents are >= 1 (subnormals share the smallest normal one): the shift is >= 0.
     amount = Signal(range(width), name=f"{name}_shift")
-    m.d.comb += [amount.eq(shift + element.exponent - 1), magnitude.eq(product << amount)]
+    m.d.comb += amount.eq(shift + element.exponent - 1)
+    return product, amount
+
+
+def shift_magnitude(m, product, amount, width, name):
+    """``magnitude_product``'s product shifted into an integer of ``width`` bits."""
+    magnitude = Signal(width, name=name)
+    m.d.comb += magnitude.eq(product << amount)
     return magnitude
 
 
@@ -560,15 +583,34 @@ def perturbation(m, s4_decoded, s8_decoded, q4, q8, i):
     return magnitude_distance(m, *scaled_magnitudes(m, s4_decoded, s8_decoded, q4, q8, i), i)
 
 
+def scale_gap(m, s4_decoded, s8_decoded, name):
+    """The scales' exponent difference e4 - e8, clamped to ``_SCALE_GAP``: one per block, so a pipeline
+    forms it once, as soon as the scales are known, not in each element's product stage."""
+    gap = Signal(signed(5), name=f"{name}_gap")
+    m.d.comb += gap.eq(s4_decoded.exponent - s8_decoded.exponent)
+    clamped = Signal(_SCALE_GAP, name=f"{name}_gap_used")
+    m.d.comb += clamped.eq(Mux(gap < 0, 0, Mux(gap > _SCALE_GAP[-1], _SCALE_GAP[-1], gap)))
+    return clamped
+
+
+def magnitude_products(m, s4_decoded, s8_decoded, gap, q4, q8, i):
+    """``perturbation``'s two products, s4*q4 and s8*q8, as (significand product, shift) pairs; ``gap``
+    from ``scale_gap``."""
+    p4 = magnitude_product(m, s4_decoded.significand, gap + 8, E2M1, q4, _DELTA_WIDTH, f"p4_{i}")
+    p8 = magnitude_product(m, s8_decoded.significand, 0, E4M3, q8, _DELTA_WIDTH, f"p8_{i}")
+    return p4, p8
+
+
+def shift_magnitudes(m, products, i):
+    """``magnitude_products`` shifted: |s4*q4| and |s8*q8| in ``perturbation``'s units."""
+    return tuple(shift_magnitude(m, product, amount, _DELTA_WIDTH, f"p{bits}_{i}")
+                 for bits, (product, amount) in zip((4, 8), products))
+
+
 def scaled_magnitudes(m, s4_decoded, s8_decoded, q4, q8, i):
     """``perturbation``'s two products, |s4*q4| and |s8*q8|, in its units, before their distance."""
-    gap = Signal(signed(5), name=f"d{i}_gap")
-    m.d.comb += gap.eq(s4_decoded.exponent - s8_decoded.exponent)
-    clamped = Signal(_SCALE_GAP, name=f"d{i}_gap_used")
-    m.d.comb += clamped.eq(Mux(gap < 0, 0, Mux(gap > _SCALE_GAP[-1], _SCALE_GAP[-1], gap)))
-    p4 = scaled_magnitude(m, s4_decoded.significand, clamped + 8, E2M1, q4, _DELTA_WIDTH, f"p4_{i}")
-    p8 = scaled_magnitude(m, s8_decoded.significand, 0, E4M3, q8, _DELTA_WIDTH, f"p8_{i}")
-    return p4, p8
+    gap = scale_gap(m, s4_decoded, s8_decoded, f"d{i}")
+    return shift_magnitudes(m, magnitude_products(m, s4_decoded, s8_decoded, gap, q4, q8, i), i)
 
 
 def magnitude_distance(m, p4, p8, i):
@@ -595,7 +637,7 @@ def score_term(m, f_code, squared, shift, s8_exponent, i):
     m.d.comb += f_dec.code.eq(f_code)
     term_mantissa = Signal(28, name=f"tm{i}")
     term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
-    m.d.comb += [term_mantissa.eq(f_dec.decoded.significand * squared),
+    m.d.comb += [term_mantissa.eq(small_product(m, squared, f_dec.decoded.significand, f"tm{i}_p")),
                  term_exponent.eq(2 * (shift + s8_exponent - 1) + f_dec.decoded.exponent - 1)]
     return term_mantissa, term_exponent
 
@@ -628,20 +670,32 @@ def align_score(m, total, top, threshold):
     flags: ``never`` when T is Inf/NaN or at least 2**W (W = ``total``'s width: no windowed sum reaches it),
     and a bound of 0 when T is zero, subnormal or below 1 in that frame (any nonzero score is at least
     2**-85, above every subnormal). What ``score_above`` compares."""
-    width = len(total)
+    return threshold_bound(m, total, threshold_frame(m, top, threshold, len(total)))
+
+
+def threshold_frame(m, top, threshold, width):
+    """``align_score``'s work that needs only E and T, not the sum: the shift of T's significand and the
+    flags, for a windowed sum of ``width`` bits. A pipeline forms it beside the window and sum."""
     t_field, t_mantissa = threshold[23:31], threshold[:23]
     # T * 2**(85 - E) = t_sig * 2**offset for a normal T; its floor is 0 below offset = -23.
     offset = Signal(signed(10), name="t_offset")
     m.d.comb += offset.eq(t_field - top - (_FP32_BIAS_AND_MANTISSA + _SCORE_LSB - _WINDOW_BITS))
     shift = Signal(range(width), name="t_shift")
-    m.d.comb += shift.eq(offset + 23)
-    shifted = Signal(23 + width, name="t_shifted")
-    m.d.comb += shifted.eq(Cat(t_mantissa, 1) << shift)
-    bound = Signal(width, name="t_bound")
+    zero = Signal(name="t_zero")
     never = Signal(name="t_never")
-    m.d.comb += [bound.eq(Mux((t_field == 0) | (offset < -23), 0, shifted[23:])),
+    m.d.comb += [shift.eq(offset + 23), zero.eq((t_field == 0) | (offset < -23)),
                  never.eq(t_field.all() | (offset > width - 24))]
-    return {"total": total, "bound": bound, "never": never}
+    return {"significand": Cat(t_mantissa, 1), "shift": shift, "zero": zero, "never": never}
+
+
+def threshold_bound(m, total, frame):
+    """``align_score`` from ``threshold_frame``'s result: T's significand shifted into ``total``'s frame."""
+    width = len(total)
+    shifted = Signal(23 + width, name="t_shifted")
+    m.d.comb += shifted.eq(frame["significand"] << frame["shift"])
+    bound = Signal(width, name="t_bound")
+    m.d.comb += bound.eq(Mux(frame["zero"], 0, shifted[23:]))
+    return {"total": total, "bound": bound, "never": frame["never"]}
 
 
 def score_above(m, aligned):

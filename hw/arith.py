@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Mux, Signal, signed
 
 from .formats import Format
 
-__all__ = ["leading_one", "leading_one_chunks", "combine_leading_one", "normalize", "divide", "divide_steps", "square", "round_ratio", "ratio_dividend",
+__all__ = ["leading_one", "leading_one_chunks", "combine_leading_one", "normalize", "divide", "divide_steps", "small_product", "square", "round_ratio", "ratio_dividend",
            "ratio_base", "round_quotient", "quotient_exponent", "quotient_round", "quotient_code",
            "RATIO_QUOTIENT_BITS", "max_code"]
 
@@ -111,6 +111,19 @@ def divide_steps(m, dividend, divisor, partial, positions, name):
         m.d.comb += partial.eq(Mux(fits, trial - divisor, trial))
         bits.insert(0, fits)
     return bits, partial
+
+
+def small_product(m, a, b, name):
+    """``a * b`` as a balanced sum of ``b``'s partial products (``a`` shifted where ``b`` has a one).
+    No multiply operator reaches Yosys, so the ECP5 flow does not put a 4 x 4 product in a MULT18X18D:
+    the DSP columns are far from the logic around it, and the routing to and from them costs more than
+    two carry chains (docs/hardware.md, the activation unit)."""
+    terms = [Mux(b[k], a << k, 0) for k in range(len(b))]
+    while len(terms) > 1:
+        terms = [terms[k] + terms[k + 1] if k + 1 < len(terms) else terms[k] for k in range(0, len(terms), 2)]
+    product = Signal(len(a) + len(b), name=name)
+    m.d.comb += product.eq(terms[0])
+    return product
 
 
 def square(m, value, name):

@@ -1,7 +1,7 @@
 """hw/arith.round_ratio (exact RNE of a ratio of significands into E2M1/E4M3/UE4M3, numerics §2) against
 the golden codec: every numerator significand (and 0) against every normalised denominator significand,
 over exponent differences spanning underflow, subnormals, normals and saturation. The building blocks
-(leading-one detection, restoring division, squaring) against Python integers, exhaustively."""
+(leading-one detection, restoring division, small products, squaring) against Python integers, exhaustively."""
 
 import random
 
@@ -13,7 +13,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fgmp import golden
-from fgmp.hw.arith import combine_leading_one, divide, leading_one, leading_one_chunks, max_code, round_ratio, square
+from fgmp.hw.arith import (combine_leading_one, divide, leading_one, leading_one_chunks, max_code, round_ratio,
+                           small_product, square)
 from fgmp.hw.formats import E2M1, E4M3, UE4M3
 
 
@@ -180,3 +181,20 @@ class _Square(wiring.Component):
 def test_square_of_every_value(width):
     values = range(1 << width)
     assert _evaluate(_Square(width), [{"value": v} for v in values], "result") == [v * v for v in values]
+
+
+class _SmallProduct(wiring.Component):
+    def __init__(self, a_width, b_width):
+        super().__init__({"a": In(a_width), "b": In(b_width), "result": Out(a_width + b_width)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.result.eq(small_product(m, self.a, self.b, "p"))
+        return m
+
+
+@pytest.mark.parametrize("a_width,b_width", [(4, 2), (4, 4), (3, 5)])
+def test_small_product_of_every_pair(a_width, b_width):
+    pairs = [(a, b) for a in range(1 << a_width) for b in range(1 << b_width)]
+    result = _evaluate(_SmallProduct(a_width, b_width), [{"a": a, "b": b} for a, b in pairs], "result")
+    assert result == [a * b for a, b in pairs]
