@@ -315,8 +315,9 @@ class ActivationQuantizer(wiring.Component):
         s4_decoded = decode_scale(m, live["s4"], "s4_dec_value")
         s8_decoded = decode_scale(m, live["s8_used"], "s8_dec_value")
         gap = live.pop("gap")
-        live["products"] = [magnitude_products(m, s4_decoded, s8_decoded, gap, live["q4"][i], live["q8"][i], i)
-                            for i in range(B)]
+        # This unit is built for clock rate: its small products in logic, not in MULT18X18Ds (``_product``).
+        live["products"] = [magnitude_products(m, s4_decoded, s8_decoded, gap, live["q4"][i], live["q8"][i], i,
+                                               in_logic=True) for i in range(B)]
         cut("magnitude_products")
         live["magnitudes"] = [shift_magnitudes(m, products, i) for i, products in enumerate(live.pop("products"))]
         cut("magnitudes")
@@ -331,7 +332,7 @@ class ActivationQuantizer(wiring.Component):
                            for i, (mantissa, shift) in enumerate(live.pop("truncated"))]
         cut("square")
         s8_exponent = decode_scale(m, live["s8_used"], "s8_dec_term").exponent
-        terms = [score_term(m, live["f"][i], squared, shift, s8_exponent, i)
+        terms = [score_term(m, live["f"][i], squared, shift, s8_exponent, i, in_logic=True)
                  for i, (squared, shift) in enumerate(live.pop("squares"))]
         del live["f"]
         live["terms"] = terms
@@ -529,15 +530,25 @@ def normalized_scale(m, decoded, name):
     return normalize(m, decoded.significand, exponent, f"{name}_n")
 
 
-def magnitude_product(m, significand, shift, fmt, code, width, name):
+def _product(m, a, b, in_logic, name):
+    """``a * b``: in logic (``small_product``) for the units built for clock rate, else the multiply
+    operator, which the ECP5 flow maps to a MULT18X18D (fewer LUTs, for the units built for area)."""
+    if in_logic:
+        return small_product(m, a, b, name)
+    product = Signal(len(a) + len(b), name=name)
+    m.d.comb += product.eq(a * b)
+    return product
+
+
+def magnitude_product(m, significand, shift, fmt, code, width, name, *, in_logic=False):
     """|sig * element| << ``shift`` (the element at its significand's LSB times 2**(exponent - 1), E4M3
-    and E2M1 alike) before its shift: the significands' product (4 x 2 or 4 x 4 bits, in logic:
-    ``small_product``) and the shift amount. Multiplying the two integer values instead would build an
-    18 x 18-bit multiplier per element."""
+    and E2M1 alike) before its shift: the significands' product (4 x 2 or 4 x 4 bits, ``_product``) and
+    the shift amount. Multiplying the two integer values instead would build an 18 x 18-bit multiplier
+    per element."""
     m.submodules[name] = decoder = Decoder(format=fmt)
     m.d.comb += decoder.code.eq(code)
     element = decoder.decoded
-    product = small_product(m, significand, element.significand, f"{name}_sig")
+    product = _product(m, significand, element.significand, in_logic, f"{name}_sig")
     # Decoded exponents are >= 1 (subnormals share the smallest normal one): the shift is >= 0.
     amount = Signal(range(width), name=f"{name}_shift")
     m.d.comb += amount.eq(shift + element.exponent - 1)
@@ -593,11 +604,12 @@ def scale_gap(m, s4_decoded, s8_decoded, name):
     return clamped
 
 
-def magnitude_products(m, s4_decoded, s8_decoded, gap, q4, q8, i):
+def magnitude_products(m, s4_decoded, s8_decoded, gap, q4, q8, i, *, in_logic=False):
     """``perturbation``'s two products, s4*q4 and s8*q8, as (significand product, shift) pairs; ``gap``
     from ``scale_gap``."""
-    p4 = magnitude_product(m, s4_decoded.significand, gap + 8, E2M1, q4, _DELTA_WIDTH, f"p4_{i}")
-    p8 = magnitude_product(m, s8_decoded.significand, 0, E4M3, q8, _DELTA_WIDTH, f"p8_{i}")
+    p4 = magnitude_product(m, s4_decoded.significand, gap + 8, E2M1, q4, _DELTA_WIDTH, f"p4_{i}",
+                           in_logic=in_logic)
+    p8 = magnitude_product(m, s8_decoded.significand, 0, E4M3, q8, _DELTA_WIDTH, f"p8_{i}", in_logic=in_logic)
     return p4, p8
 
 
@@ -630,14 +642,15 @@ def truncate_delta(m, magnitude, i):
     return mantissa, shift
 
 
-def score_term(m, f_code, squared, shift, s8_exponent, i):
+def score_term(m, f_code, squared, shift, s8_exponent, i, *, in_logic=False):
     """The term F * Δ̂² as (mantissa, exponent) from the sensitivity code, Δ̂'² = squared * 2**(2*shift)
-    (Δ̂' from ``perturbation``'s D') and s8's decoded exponent: Δ̂ = Δ̂' * 2**(s8_exponent - 1)."""
+    (Δ̂' from ``perturbation``'s D') and s8's decoded exponent: Δ̂ = Δ̂' * 2**(s8_exponent - 1). The
+    product F * squared as ``_product`` makes it."""
     m.submodules[f"f{i}_dec"] = f_dec = Decoder(format=UE4M3)
     m.d.comb += f_dec.code.eq(f_code)
     term_mantissa = Signal(28, name=f"tm{i}")
     term_exponent = Signal(range(2 * 25 + 16), name=f"te{i}")
-    m.d.comb += [term_mantissa.eq(small_product(m, squared, f_dec.decoded.significand, f"tm{i}_p")),
+    m.d.comb += [term_mantissa.eq(_product(m, squared, f_dec.decoded.significand, in_logic, f"tm{i}_p")),
                  term_exponent.eq(2 * (shift + s8_exponent - 1) + f_dec.decoded.exponent - 1)]
     return term_mantissa, term_exponent
 
