@@ -17,7 +17,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "FL
 # the first P. Each one after the third was placed where the then-critical path ran on the ECP5.
 CUTS = ("tree", "products", "term", "convert_lod", "convert_round", "accumulate", "convert_shift", "term_multiply",
         "term_sum", "tree_mid", "decode", "convert_magnitude", "element_multiply", "term_pairs", "convert_lod_chunks",
-        "activation_decode")
+        "activation_decode", "convert_shift_coarse")
 MAX_PIPELINE_STAGES = len(CUTS)
 FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
@@ -31,7 +31,8 @@ _CANONICAL_NAN = 0x7FC00000
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
 _SCALE_SIGNIFICAND_BITS = 2 * UE4M3.significand_bits
 _SCALE_SHIFT_RANGE = 2 * ((1 << UE4M3.exponent_bits) - 1) - 1  # w + x exponent - 2: 0..28
-_LOD_CHUNK = 16  # the first level of the two-level leading-one detection (``convert_lod_chunks``)
+_LOD_CHUNK = 16  # the two-level leading-one detection's first level (``convert_lod_chunks``), and so the
+# normalising shift's coarse step (``convert_shift_coarse``)
 
 
 def _check_formats(formats):
@@ -121,8 +122,8 @@ class DotUnit(wiring.Component):
     longest reduction in blocks that stays exact (sets the accumulator width; longer ones raise the
     ``overflow`` flag); ``pipeline_stages`` in 0..MAX_PIPELINE_STAGES, the number of register cuts, placed
     in the order of CUTS (after the adder tree, after the element products, after the scale multiply, then
-    into the FP32 conversion, the accumulator, ..., the last between the activation's decoders and the
-    lanes); ``formats``, a tuple of 'nvfp4' and/or
+    into the FP32 conversion, the accumulator, ..., between the activation's decoders and the lanes, the
+    last inside the FP32 conversion's normalising shift); ``formats``, a tuple of 'nvfp4' and/or
     'fp8' (FGMP, FP8-only or FP4-only units); ``datapath`` (FGMP units): 'shared' runs every pairing on
     one FP8-width path, 'split' runs FP4xFP4 pairs on a narrow path of their own. The split datapath
     registers each path's operands and loads them only in the cycles the path is used, so an idle path
@@ -679,7 +680,7 @@ class DotUnit(wiring.Component):
     def _to_fp32(self, m, stage, valid, state):
         """RNE to FP32 of each sum x 2**accumulator_lsb_exponent (numerics §8.2), always normal or zero:
         magnitude, leading-one detection, normalising shift, round decision and increment, with a cut
-        possible after each."""
+        possible after each (and inside the first two: ``convert_lod_chunks``, ``convert_shift_coarse``)."""
         width = self.accumulator_width
         padded_width = max(width, 25)  # so guard and sticky always exist
         magnitudes = []
@@ -716,17 +717,38 @@ class DotUnit(wiring.Component):
             located.append({**lane_state, "msb": msb, "nonzero": nonzero})
         valid, (located, overflow) = stage("convert_lod", valid, (located, overflow))
 
+        coarse_cut = "convert_shift_coarse" in self.cuts
+        chunk_bits = _ceil_log2(_LOD_CHUNK)
         normalised = []
         for lane, lane_state in enumerate(located):
             # The leading one to the top bit: the magnitude placed at the top of a double-width word and
             # shifted right by its own MSB position, so the shifter takes that position as it comes from
             # the leading-one detector, with no subtraction in front of it.
-            aligned = Signal(padded_width, name=f"fp32_{lane}_aligned")
-            m.d.comb += aligned.eq(Cat(Const(0, padded_width - 1), lane_state["magnitude"]) >> lane_state["msb"])
+            placed = Cat(Const(0, padded_width - 1), lane_state["magnitude"])
+            if coarse_cut:
+                # In two steps, with a register between: by the leading chunk's offset (the position's
+                # bits above the chunk's), then by the position within the chunk, so that neither step
+                # has the whole shifter's mux levels. The coarse step keeps the bits the fine one can
+                # still move into the aligned word.
+                coarse = Signal(padded_width + _LOD_CHUNK - 1, name=f"fp32_{lane}_coarse")
+                fine = Signal(chunk_bits, name=f"fp32_{lane}_fine")
+                m.d.comb += [coarse.eq(placed >> Cat(Const(0, chunk_bits), lane_state["msb"][chunk_bits:])),
+                             fine.eq(lane_state["msb"][:chunk_bits])]
+                shift = {"coarse": coarse, "fine": fine}
+            else:
+                aligned = Signal(padded_width, name=f"fp32_{lane}_aligned")
+                m.d.comb += aligned.eq(placed >> lane_state["msb"])
+                shift = {"aligned": aligned}
             exponent = Signal(8, name=f"fp32_{lane}_exp")  # before rounding
             m.d.comb += exponent.eq(lane_state["msb"] + (127 + self.accumulator_lsb_exponent))
-            normalised.append({"aligned": aligned, "exponent": exponent, "negative": lane_state["negative"],
+            normalised.append({**shift, "exponent": exponent, "negative": lane_state["negative"],
                                "nonzero": lane_state["nonzero"], "nan": lane_state["nan"]})
+        valid, (normalised, overflow) = stage("convert_shift_coarse", valid, (normalised, overflow))
+        if coarse_cut:
+            for lane, lane_state in enumerate(normalised):
+                aligned = Signal(padded_width, name=f"fp32_{lane}_aligned")
+                m.d.comb += aligned.eq(lane_state.pop("coarse") >> lane_state.pop("fine"))
+                normalised[lane] = {"aligned": aligned, **lane_state}
         valid, (normalised, overflow) = stage("convert_shift", valid, (normalised, overflow))
 
         rounding = []
