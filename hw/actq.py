@@ -209,13 +209,16 @@ class ActivationQuantizer(wiring.Component):
 
         # BF16 decode, x' = x * 2**-k as (significand, exponent), amax'.
         unpacked = [unpack_bf16(m, self.i.payload.values[i], scale_exponent, f"x{i}") for i in range(B)]
+        for i, element in enumerate(unpacked):
+            element["key"] = magnitude_key(m, self.i.payload.values[i], element, f"x{i}")
         live["elements"] = unpacked
+        live["scale_exponent"] = scale_exponent
         cut("unpack")
 
         elements = []
         amax_candidates = []
         for i, element in enumerate(live.pop("elements")):
-            amax_candidates.append((element["fsig"], element["exp"]))
+            amax_candidates.append(element["key"])
             norm_sig, norm_exp = normalize(m, element["fsig"], element["exp"], f"x{i}_n")
             elements.append({"sign": element["sign"], "sig": norm_sig, "exp": norm_exp, "nan": element["nan"],
                              "inf": element["inf"]})
@@ -223,16 +226,17 @@ class ActivationQuantizer(wiring.Component):
         forced = Signal()
         m.d.comb += [has_inf.eq(Cat(e["inf"] for e in elements).any()),
                      forced.eq(Cat(e["nan"] | e["inf"] for e in elements).any())]
-        # BF16 subnormals share the smallest normal exponent, so comparing (exponent, significand)
-        # lexicographically orders magnitudes. The tree is cut after its first half of levels.
-        pick = lambda a, b, name: _larger_magnitude(m, a, b, name)  # noqa: E731
+        # The largest magnitude key (``magnitude_key``), then unpacked as the elements were. The tree is cut
+        # after its first half of levels.
+        pick = lambda a, b, name: _larger(m, a, b, name)  # noqa: E731
         tree_levels = (B - 1).bit_length()
         first_levels = (tree_levels + 1) // 2
         live.update(elements=elements, has_inf=has_inf, forced=forced,
                     amax_candidates=_tree_levels(amax_candidates, pick, "amax_l", 0, first_levels))
         cut("amax_mid")
-        amax_sig, amax_exp = _tree_levels(live.pop("amax_candidates"), pick, "amax_l", first_levels, None)[0]
-        live.update(amax_sig=amax_sig, amax_exp=amax_exp)
+        amax_key = _tree_levels(live.pop("amax_candidates"), pick, "amax_l", first_levels, None)[0]
+        amax = unpack_bf16(m, Cat(amax_key, 0), live.pop("scale_exponent"), "amax_x")
+        live.update(amax_sig=amax["fsig"], amax_exp=amax["exp"])
         cut("amax")
 
         # Both scales, RNE(amax' / 6) and RNE(amax' / 448), their divisions split in three.
@@ -513,6 +517,16 @@ def unpack_bf16(m, bits, scale_exponent, name):
     finite_sig = Signal(8, name=f"{name}_fsig")
     m.d.comb += finite_sig.eq(Mux(nan | inf, 0, significand))
     return {"sign": sign, "fsig": finite_sig, "exp": exponent, "nan": nan, "inf": inf}
+
+
+def magnitude_key(m, bits, unpacked, name):
+    """A BF16 element's magnitude bits, 0 for NaN and Inf (as ``unpack_bf16`` clears their significand):
+    as unsigned integers these keys order the magnitudes (subnormals share the smallest normal exponent),
+    and k scales a block's elements alike, so one 15-bit compare per node finds amax' in place of a
+    lexicographic compare of (exponent - k, significand) pairs."""
+    key = Signal(15, name=f"{name}_key")
+    m.d.comb += key.eq(Mux(unpacked["nan"] | unpacked["inf"], 0, bits[:15]))
+    return key
 
 
 def decode_scale(m, code, name):
