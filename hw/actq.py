@@ -6,7 +6,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, quotient_code, quotient_exponent,
-                    quotient_round, ratio_base, ratio_dividend, small_product, square)
+                    quotient_round, ratio_base, ratio_dividend, small_product, square_partials)
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
@@ -19,6 +19,8 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 # measured critical paths are in docs/hardware.md). Each name says what is registered, in dataflow order:
 #   unpack           the BF16 elements unpacked (significand, exponent - k, NaN/Inf), before the amax tree
 #   amax_mid         the amax tree after its first half of compare levels (2 of 4 at B = 16)
+#   amax_l1/l3       the amax tree after the first half of its first / second half of levels
+#   amax_key         the largest magnitude key, before it is unpacked with k
 #   amax             amax' found, before its normalisation and the scale roundings
 #   amax_normalized  amax' normalised, before the scale divisions
 #   scale_div3/6     the scale divisions (amax' / 6 and / 448) after 3 and 6 of their 9 quotient bits; from
@@ -36,6 +38,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   magnitudes       |s4*q4| and |s8*q8|, before their distance
 #   perturbations    |D| (P >= 2)
 #   delta_hat        Δ̂, |D| truncated to 12 bits, before its square
+#   square_mid       Δ̂²'s partial products in four sums (arith.square_partials), before their total
 #   square           Δ̂², before the product with F
 #   terms            F * Δ̂² (P >= 3)
 #   leading          each term's leading position, before their maximum
@@ -49,11 +52,13 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "sum", "delta_hat", "codes",
         "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align",
         "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized", "magnitudes", "leading",
-        "top_mid", "decision", "magnitude_products", "div2", "div5", "div8")
+        "top_mid", "decision", "magnitude_products", "div2", "div5", "div8", "square_mid", "amax_l1", "amax_l3",
+        "amax_key")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
 _DELTA_BITS = 12
+_SQUARE_PARTS = 4  # Δ̂²'s 78 partial products in four sums before ``square_mid``
 _WINDOW_BITS = 40
 _SCORE_LSB = -45  # a windowed sum's unit is 2**(E - 40 - 45)
 _FP32_BIAS_AND_MANTISSA = 127 + 23
@@ -88,8 +93,8 @@ class ActivationQuantizer(wiring.Component):
     Parameters (keyword-only): ``block_size`` >= 1 (default 16); ``max_channels``, the longest reduction
     in elements (sets the sensitivity table depth, a multiple of ``block_size``; default 4096);
     ``pipeline_stages`` 0..MAX_PIPELINE_STAGES (register cuts, placed in the order of ``CUTS``; with any
-    cut the sensitivity table's read is synchronous); ``passthrough``, an optional shape carried unchanged from ``i`` to ``o`` alongside
-    its block (the engine sends the weight blocks this way).
+    cut the sensitivity table's read is synchronous); ``passthrough``, an optional shape carried unchanged
+    from ``i`` to ``o`` alongside its block (the engine sends the weight blocks this way).
 
     Ports:
     - ``i``: In stream of ``{values: BF16[B], first, last}``; ``first``/``last`` mark a reduction as for
@@ -229,12 +234,13 @@ class ActivationQuantizer(wiring.Component):
         # The largest magnitude key (``magnitude_key``), then unpacked as the elements were. The tree is cut
         # after its first half of levels.
         pick = lambda a, b, name: _larger(m, a, b, name)  # noqa: E731
-        tree_levels = (B - 1).bit_length()
-        first_levels = (tree_levels + 1) // 2
-        live.update(elements=elements, has_inf=has_inf, forced=forced,
-                    amax_candidates=_tree_levels(amax_candidates, pick, "amax_l", 0, first_levels))
-        cut("amax_mid")
-        amax_key = _tree_levels(live.pop("amax_candidates"), pick, "amax_l", first_levels, None)[0]
+        live.update(elements=elements, has_inf=has_inf, forced=forced, amax_candidates=amax_candidates)
+        level = 0
+        for stop, name in zip(_amax_tree_stops(B), ("amax_l1", "amax_mid", "amax_l3", "amax_key")):
+            live["amax_candidates"] = _tree_levels(live["amax_candidates"], pick, "amax_l", level, stop)
+            level = stop
+            cut(name)
+        amax_key = live.pop("amax_candidates")[0]
         amax = unpack_bf16(m, Cat(amax_key, 0), live.pop("scale_exponent"), "amax_x")
         live.update(amax_sig=amax["fsig"], amax_exp=amax["exp"])
         cut("amax")
@@ -332,8 +338,11 @@ class ActivationQuantizer(wiring.Component):
         truncated = [truncate_delta(m, magnitude, i) for i, magnitude in enumerate(live.pop("deltas"))]
         live["truncated"] = truncated
         cut("delta_hat")
-        live["squares"] = [(square(m, mantissa, f"dm{i}"), shift)
+        live["squares"] = [(square_partials(m, mantissa, _SQUARE_PARTS, f"dm{i}"), shift)
                            for i, (mantissa, shift) in enumerate(live.pop("truncated"))]
+        cut("square_mid")
+        live["squares"] = [(_sum_all(m, partials, f"dm{i}_sq"), shift)
+                           for i, (partials, shift) in enumerate(live.pop("squares"))]
         cut("square")
         s8_exponent = decode_scale(m, live["s8_used"], "s8_dec_term").exponent
         terms = [score_term(m, live["f"][i], squared, shift, s8_exponent, i, in_logic=True)
@@ -394,10 +403,10 @@ class ActivationQuantizer(wiring.Component):
         return m
 
 
-_DATAFLOW = ("unpack", "amax_mid", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
+_DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
              "scale_rounding", "scales", "divisors", "div2", "div3", "div5", "div6", "div8", "quotients", "rounding",
-             "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square", "terms", "leading",
-             "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
+             "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square_mid", "square",
+             "terms", "leading", "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
 # The restoring divisions' quotient bits (9, MSB first) in chunks, and the cut after each: the scales' in
 # three chunks of three, the elements' (16 times as many, spread wider) in chunks of at most two, so that
 # the deepest pipelines have at most two compare-and-subtract carry chains in series per stage. The cuts
@@ -440,6 +449,20 @@ def _larger_magnitude(m, a, b, name):
     e = Signal(signed(11), name=f"{name}_exp")
     m.d.comb += [s.eq(Mux(a_larger, sa, sb)), e.eq(Mux(a_larger, ea, eb))]
     return s, e
+
+
+def _amax_tree_stops(block_size):
+    """The amax tree's level after each of its cuts ``amax_l1``, ``amax_mid``, ``amax_l3`` and ``amax_key``:
+    the halves of the tree's levels, each halved again (at B = 16: one level per stage, then the key)."""
+    levels = (block_size - 1).bit_length()
+    half = (levels + 1) // 2
+    return ((half + 1) // 2, half, half + (levels - half + 1) // 2, levels)
+
+
+def _sum_all(m, values, name):
+    total = Signal(len(values[0]), name=name)  # each a part of a sum that fits the same width
+    m.d.comb += total.eq(sum(values))
+    return total
 
 
 def _sum(m, a, b, name):

@@ -6,7 +6,7 @@ from amaranth import Cat, Const, Mux, Signal, signed
 
 from .formats import Format
 
-__all__ = ["leading_one", "leading_one_chunks", "combine_leading_one", "normalize", "divide", "divide_steps", "small_product", "square", "round_ratio", "ratio_dividend",
+__all__ = ["leading_one", "leading_one_chunks", "combine_leading_one", "normalize", "divide", "divide_steps", "small_product", "square", "square_partials", "round_ratio", "ratio_dividend",
            "ratio_base", "round_quotient", "quotient_exponent", "quotient_round", "quotient_code",
            "RATIO_QUOTIENT_BITS", "max_code"]
 
@@ -131,12 +131,23 @@ def square(m, value, name):
     doubled, at i + j + 1. A multiplier fed the same value twice adds every cross product twice; this
     sum has about half the partial products (a 4-bit f times a 12-bit square: 826 generic gates, against
     1,296 for (f * m) * m)."""
+    result = Signal(2 * len(value), name=f"{name}_sq")
+    m.d.comb += result.eq(sum(square_partials(m, value, 1, name)))
+    return result
+
+
+def square_partials(m, value, parts, name):
+    """``square``'s partial products in ``parts`` sums of about equal size, whose total is ``value``
+    squared: a pipeline can register them between the two halves of the sum."""
     width = len(value)
     terms = [value[i] << (2 * i) for i in range(width)]
     terms += [(value[i] & value[j]) << (i + j + 1) for i in range(width) for j in range(i + 1, width)]
-    result = Signal(2 * width, name=f"{name}_sq")
-    m.d.comb += result.eq(sum(terms))
-    return result
+    partials = []
+    for k in range(parts):
+        partial = Signal(2 * width, name=f"{name}_sq{k}" if parts > 1 else f"{name}_sq_sum")
+        m.d.comb += partial.eq(sum(terms[k * len(terms) // parts:(k + 1) * len(terms) // parts]))
+        partials.append(partial)
+    return partials
 
 
 # round_ratio's quotient: the numerator significand shifted up by _RATIO_EXTRA, over the 4-bit denominator
