@@ -57,11 +57,12 @@ def _generate_actq(args):
     try:
         if args.unit == "engine":
             unit = Engine(lanes=args.lanes, block_size=args.block_size, max_channels=args.max_channels,
-                          quantizer_stages=args.pipeline_stages, dot_stages=args.dot_stages)
+                          quantizer_stages=args.pipeline_stages, dot_stages=args.dot_stages,
+                          flow_control=args.flow_control)
             top = args.name or f"fgmp_engine_l{args.lanes}"
         else:
             unit = ActivationQuantizer(block_size=args.block_size, max_channels=args.max_channels,
-                                       pipeline_stages=args.pipeline_stages)
+                                       pipeline_stages=args.pipeline_stages, flow_control=args.flow_control)
             top = args.name or "fgmp_actq"
     except (ValueError, TypeError) as error:  # the generator's own parameter checks
         print(f"fgmp: error: {error}", file=sys.stderr)
@@ -71,7 +72,7 @@ def _generate_actq(args):
         lint(path, top)
     print(f"wrote {path}" + (" (verilator -Wall lint clean)" if args.lint else ""))
     print(f"  blocks of {unit.block_size} BF16 values, sensitivity table for {unit.max_channels} channels, "
-          f"latency {unit.latency} cycles, one block per cycle")
+          f"{unit.flow_control} flow control, latency {unit.latency} cycles, one block per cycle")
     return 0
 
 
@@ -157,6 +158,10 @@ def build_parser():
                           help="longest reduction in elements: the sensitivity table's size")
         unit.add_argument("--pipeline-stages", type=int, default=1,
                           help=f"activation-unit register cuts, 0..{ACTQ_MAX_STAGES} (default 1)")
+        unit.add_argument("--flow-control", choices=FLOW_CONTROLS, default="stall",
+                          help="'stall' (one clock enable holds every register while a result waits) or 'credit' "
+                               "(registers run free, results queue in a FIFO of latency + 1 entries; for clock "
+                               "rate)" + ("; both units" if name == "engine" else ""))
         unit.add_argument("--name", help="Verilog module name")
         unit.add_argument("--out", type=Path, default=Path("out/verilog"), help="output directory")
         unit.add_argument("--no-lint", dest="lint", action="store_false")

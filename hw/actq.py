@@ -10,7 +10,7 @@ from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, q
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
-from .pipeline import StallPipeline, check_count, check_pipeline_stages
+from .pipeline import StallPipeline, check_count, check_flow_control, check_pipeline_stages
 
 __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_parameters"]
 
@@ -77,13 +77,14 @@ def configuration_layout(table_depth, block_size):
     })
 
 
-def check_parameters(*, block_size, max_channels, pipeline_stages):
+def check_parameters(*, block_size, max_channels, pipeline_stages, flow_control="stall"):
     """The generator parameters' checks, shared with the engine; raises TypeError/ValueError."""
     check_count("Block size", block_size, 1)
     check_count("Maximum channels", max_channels, 1)
     if max_channels % block_size:
         raise ValueError(f"Maximum channels ({max_channels}) must be a multiple of the block size ({block_size})")
     check_pipeline_stages(pipeline_stages, MAX_PIPELINE_STAGES)
+    check_flow_control(flow_control)
 
 
 class ActivationQuantizer(wiring.Component):
@@ -93,8 +94,12 @@ class ActivationQuantizer(wiring.Component):
     Parameters (keyword-only): ``block_size`` >= 1 (default 16); ``max_channels``, the longest reduction
     in elements (sets the sensitivity table depth, a multiple of ``block_size``; default 4096);
     ``pipeline_stages`` 0..MAX_PIPELINE_STAGES (register cuts, placed in the order of ``CUTS``; with any
-    cut the sensitivity table's read is synchronous); ``passthrough``, an optional shape carried unchanged
-    from ``i`` to ``o`` alongside its block (the engine sends the weight blocks this way).
+    cut the sensitivity table's read is synchronous); ``flow_control``, 'stall' (default: one clock enable
+    holds every register while a result waits for the sink) or 'credit' (the registers run free and results
+    queue in a FIFO of ``result_entries`` = latency + 1 entries, so no enable fans out to the datapath and
+    ``i.ready`` does not depend on ``o.ready`` in the same cycle; same latency, II = 1); ``passthrough``, an
+    optional shape carried unchanged from ``i`` to ``o`` alongside its block (the engine sends the weight
+    blocks this way).
 
     Ports:
     - ``i``: In stream of ``{values: BF16[B], first, last}``; ``first``/``last`` mark a reduction as for
@@ -108,11 +113,14 @@ class ActivationQuantizer(wiring.Component):
       last table row); cleared by ``clear_counters``.
     """
 
-    def __init__(self, *, block_size=16, max_channels=4096, pipeline_stages=1, passthrough=None):
-        check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=pipeline_stages)
+    def __init__(self, *, block_size=16, max_channels=4096, pipeline_stages=1, flow_control="stall",
+                 passthrough=None):
+        check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=pipeline_stages,
+                         flow_control=flow_control)
         self._block_size = block_size
         self._max_channels = max_channels
         self._pipeline_stages = pipeline_stages
+        self._flow_control = flow_control
         self._rows = max_channels // block_size
         # A one-row table would have a zero-width row address, which Verilog tools reject; the second
         # row is never read.
@@ -147,6 +155,16 @@ class ActivationQuantizer(wiring.Component):
         return self._pipeline_stages
 
     @property
+    def flow_control(self):
+        return self._flow_control
+
+    @property
+    def result_entries(self):
+        """The result FIFO's depth under credit flow control (0 under stall): latency + 1, so that blocks
+        run at one per cycle while ``o`` is ready (a credit comes back on the edge after its result leaves)."""
+        return self.latency + 1 if self._flow_control == "credit" else 0
+
+    @property
     def passthrough(self):
         return self._passthrough
 
@@ -159,7 +177,7 @@ class ActivationQuantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         B = self._block_size
-        pipeline = StallPipeline(m, self.i, self.o)
+        pipeline = StallPipeline(m, self.i, self.o, credits=self.result_entries, reserves=Const(1))
         enable = pipeline.enable
         cuts = set(CUTS[:self._pipeline_stages])
 
@@ -173,8 +191,9 @@ class ActivationQuantizer(wiring.Component):
         m.d.comb += [write.addr.eq(self.config.table_row), write.data.eq(self.config.table_data),
                      write.en.eq(self.config.table_write)]
         # With a cut, the table's read is synchronous and enabled with the pipeline: it stands in for the
-        # first cut's register of the codes (same edge, same old-data-on-write rule, held while stalled),
-        # so the table can be a block RAM and its read leaves the first stage.
+        # register of the codes at a late cut, before the score terms need them (same edge, held while
+        # stalled), so the table can be a block RAM, and what travels down the stages before it is the
+        # block's row, not its B codes.
         if cuts:
             read = table.read_port(domain="sync", transparent_for=())
             m.d.comb += read.en.eq(enable)
@@ -187,7 +206,6 @@ class ActivationQuantizer(wiring.Component):
         start = self.i.payload.first | ~in_reduction
         row = Signal(range(self._table_depth))
         m.d.comb += row.eq(Mux(start, 0, Mux(position >= self._rows, self._rows - 1, position)))
-        m.d.comb += read.addr.eq(row)
         with m.If(self.i.valid & self.i.ready):
             m.d.sync += [in_reduction.eq(~self.i.payload.last),
                          position.eq(Mux(start, 1, Mux(position > self._rows, position, position + 1)))]
@@ -196,52 +214,52 @@ class ActivationQuantizer(wiring.Component):
 
         # What is in flight travels in one dict, registered whole at each cut P places. T travels with its
         # block, so a register write while blocks are in flight applies to later blocks only, for k and T
-        # alike. The sensitivity codes join it behind the first cut (the synchronous read).
+        # alike. The block's table row travels with it to the read (``_table_join``), and its codes after it.
         live = {"first": self.i.payload.first, "last": self.i.payload.last, "threshold": threshold}
         if self._passthrough is not None:
             live["passthrough"] = self.i.payload.passthrough.as_value()
-        valid = self.i.valid
+        valid = pipeline.input_valid
         codes_read = [read.data[i] for i in range(B)]
-        if not cuts:
+        join = _table_join(cuts)
+        if join is None:
+            m.d.comb += read.addr.eq(row)
             live["f"] = codes_read
+        else:
+            live["row"] = row
 
         def cut(name):
             nonlocal valid, live
             if name in cuts:
+                if name == join:
+                    m.d.comb += read.addr.eq(live.pop("row"))
                 valid, live = _register(pipeline, valid, live)
-                if name == next(c for c in _DATAFLOW if c in cuts):
+                if name == join:
                     live["f"] = codes_read
 
-        # BF16 decode, x' = x * 2**-k as (significand, exponent), amax'.
-        unpacked = [unpack_bf16(m, self.i.payload.values[i], scale_exponent, f"x{i}") for i in range(B)]
-        for i, element in enumerate(unpacked):
-            element["key"] = magnitude_key(m, self.i.payload.values[i], element, f"x{i}")
-        live["elements"] = unpacked
-        live["scale_exponent"] = scale_exponent
-        cut("unpack")
-
-        elements = []
-        amax_candidates = []
-        for i, element in enumerate(live.pop("elements")):
-            amax_candidates.append(element["key"])
-            norm_sig, norm_exp = normalize(m, element["fsig"], element["exp"], f"x{i}_n")
-            elements.append({"sign": element["sign"], "sig": norm_sig, "exp": norm_exp, "nan": element["nan"],
-                             "inf": element["inf"]})
+        # BF16 in: each element's magnitude key (``magnitude_key``) and the block's NaN/Inf flags. The
+        # elements travel as their BF16 bits until the scales' divisions end, and are unpacked there: the
+        # bits are narrower than the unpacked form in the registers of the amax and scale stages.
+        flags = [unpack_bf16(m, self.i.payload.values[i], scale_exponent, f"x{i}_in") for i in range(B)]
         has_inf = Signal(name="has_inf")
         forced = Signal()
-        m.d.comb += [has_inf.eq(Cat(e["inf"] for e in elements).any()),
-                     forced.eq(Cat(e["nan"] | e["inf"] for e in elements).any())]
-        # The largest magnitude key (``magnitude_key``), then unpacked as the elements were. The tree is cut
-        # after its first half of levels.
+        m.d.comb += [has_inf.eq(Cat(f["inf"] for f in flags).any()),
+                     forced.eq(Cat(f["nan"] | f["inf"] for f in flags).any())]
+        live.update(bf16=[self.i.payload.values[i] for i in range(B)], scale_exponent=scale_exponent,
+                    has_inf=has_inf, forced=forced,
+                    amax_candidates=[magnitude_key(m, self.i.payload.values[i], f, f"x{i}")
+                                     for i, f in enumerate(flags)])
+        cut("unpack")
+
+        # The largest magnitude key, then unpacked with k as the elements are. One tree level per cut at
+        # B = 16 (``_amax_tree_stops``).
         pick = lambda a, b, name: _larger(m, a, b, name)  # noqa: E731
-        live.update(elements=elements, has_inf=has_inf, forced=forced, amax_candidates=amax_candidates)
         level = 0
         for stop, name in zip(_amax_tree_stops(B), ("amax_l1", "amax_mid", "amax_l3", "amax_key")):
             live["amax_candidates"] = _tree_levels(live["amax_candidates"], pick, "amax_l", level, stop)
             level = stop
             cut(name)
         amax_key = live.pop("amax_candidates")[0]
-        amax = unpack_bf16(m, Cat(amax_key, 0), live.pop("scale_exponent"), "amax_x")
+        amax = unpack_bf16(m, Cat(amax_key, 0), live["scale_exponent"], "amax_x")
         live.update(amax_sig=amax["fsig"], amax_exp=amax["exp"])
         cut("amax")
 
@@ -264,11 +282,19 @@ class ActivationQuantizer(wiring.Component):
             if name == _EXPONENT_START:
                 for key, division in live["scales"].items():
                     _start_exponent(m, division, UE4M3, key)
+        scale_exponent = live.pop("scale_exponent")
+        live["elements"] = [unpack_bf16(m, bits, scale_exponent, f"x{i}") for i, bits in enumerate(live.pop("bf16"))]
         zero = Signal(name="amax_zero")
         m.d.comb += zero.eq(live.pop("amax") == 0)
         live["scales"] = {key: _round(m, division, key) for key, division in live["scales"].items()}
         live["scales_zero"] = zero
         cut("scale_rounding")
+        elements = []
+        for i, element in enumerate(live.pop("elements")):
+            norm_sig, norm_exp = normalize(m, element["fsig"], element["exp"], f"x{i}_n")
+            elements.append({"sign": element["sign"], "sig": norm_sig, "exp": norm_exp, "nan": element["nan"],
+                             "inf": element["inf"]})
+        live["elements"] = elements
         scales, zero = live.pop("scales"), live.pop("scales_zero")
         s4 = quotient_code(m, scales["s4"], zero, UE4M3, "s4")
         s8 = quotient_code(m, scales["s8"], zero, UE4M3, "s8")
@@ -385,14 +411,13 @@ class ActivationQuantizer(wiring.Component):
         cut("decision")
         fp8 = live["fp8"]
 
-        with m.If(enable):
-            m.d.sync += [self.o.valid.eq(valid), self.o.payload.first.eq(live["first"]),
-                         self.o.payload.last.eq(live["last"]), self.o.payload.block.fp8.eq(fp8),
-                         self.o.payload.block.scale.eq(Mux(fp8, live["s8_used"], live["s4"]))]
-            for i in range(B):
-                m.d.sync += self.o.payload.block.codes[i].eq(Mux(fp8, live["q8"][i], live["q4"][i]))
-            if self._passthrough is not None:
-                m.d.sync += self.o.payload.passthrough.eq(live["passthrough"])
+        result = Signal(self.o.payload.shape(), name="o_result")
+        m.d.comb += [result.first.eq(live["first"]), result.last.eq(live["last"]), result.block.fp8.eq(fp8),
+                     result.block.scale.eq(Mux(fp8, live["s8_used"], live["s4"]))]
+        m.d.comb += [result.block.codes[i].eq(Mux(fp8, live["q8"][i], live["q4"][i])) for i in range(B)]
+        if self._passthrough is not None:
+            m.d.comb += result.passthrough.eq(live["passthrough"])
+        pipeline.emit(valid, result)
         with m.If(self.o.valid & self.o.ready):
             with m.If(self.o.payload.block.fp8):
                 m.d.sync += self.fp8_blocks.eq(self.fp8_blocks + (self.fp8_blocks != 0xFFFFFFFF))
@@ -407,6 +432,17 @@ _DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "am
              "scale_rounding", "scales", "divisors", "div2", "div3", "div5", "div6", "div8", "quotients", "rounding",
              "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square_mid", "square",
              "terms", "leading", "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
+
+
+def _table_join(cuts):
+    """The cut whose register the sensitivity table's synchronous read stands in for (None without cuts:
+    the read is asynchronous): late, as the score terms are the codes' only use, but one cut before the
+    last placed before them where there are two, so that the next cut registers the read's data as it
+    comes out (an ECP5 block RAM's clock-to-output alone is 5.6 ns)."""
+    placed = [name for name in _DATAFLOW[:_DATAFLOW.index("terms")] if name in cuts]
+    return placed[-2] if len(placed) >= 2 else (placed[-1] if placed else None)
+
+
 # The restoring divisions' quotient bits (9, MSB first) in chunks, and the cut after each: the scales' in
 # three chunks of three, the elements' (16 times as many, spread wider) in chunks of at most two, so that
 # the deepest pipelines have at most two compare-and-subtract carry chains in series per stage. The cuts

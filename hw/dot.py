@@ -9,7 +9,7 @@ from amaranth.lib.wiring import In, Out
 from .arith import combine_leading_one, leading_one, leading_one_chunks
 from .decoder import Decoder
 from .formats import E2M1, E4M3, UE4M3, Format
-from .pipeline import StallPipeline, check_count, check_pipeline_stages
+from .pipeline import FLOW_CONTROLS, StallPipeline, check_count, check_flow_control, check_pipeline_stages
 
 __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "DotUnit", "FORMATS", "DATAPATHS", "FLOW_CONTROLS", "block_layout"]
 
@@ -23,9 +23,6 @@ FORMATS = ("nvfp4", "fp8")
 # shared: every pairing on one FP8-width path. split: FP4xFP4 pairs on a narrow path of their own
 # (docs/hardware.md, with the third path for FP4xFP8 pairs that was measured and dropped).
 DATAPATHS = ("shared", "split")
-# stall: one clock enable for every register, low while a result waits for the sink. credit: the registers
-# run free and results queue in a FIFO of latency + 1 entries (docs/hardware.md, clock rate).
-FLOW_CONTROLS = ("stall", "credit")
 _CANONICAL_NAN = 0x7FC00000
 # E2M1 joins the E4M3 datapath exactly: same significand, exponent + 8 (bias 1 / 1 mantissa bit vs 7 / 3).
 _E2M1_TO_E4M3_EXPONENT = (E4M3.bias + E4M3.mantissa_bits) - (E2M1.bias + E2M1.mantissa_bits)
@@ -54,13 +51,6 @@ def _check_datapath(datapath, formats):
         raise ValueError(f"Unknown datapath {datapath!r}; choose from {', '.join(map(repr, DATAPATHS))}")
     if datapath != "shared" and len(formats) != 2:
         raise ValueError(f"The {datapath} datapath needs both formats ('nvfp4', 'fp8'), not {formats!r}")
-
-
-def _check_flow_control(flow_control):
-    if not isinstance(flow_control, str):
-        raise TypeError(f"Flow control must be one of {', '.join(map(repr, FLOW_CONTROLS))}, not {flow_control!r}")
-    if flow_control not in FLOW_CONTROLS:
-        raise ValueError(f"Unknown flow control {flow_control!r}; choose from {', '.join(map(repr, FLOW_CONTROLS))}")
 
 
 def block_layout(formats, block_size):
@@ -147,7 +137,7 @@ class DotUnit(wiring.Component):
         check_pipeline_stages(pipeline_stages, MAX_PIPELINE_STAGES)
         _check_formats(formats)
         _check_datapath(datapath, formats)
-        _check_flow_control(flow_control)
+        check_flow_control(flow_control)
         self._flow_control = flow_control
         self._lanes = lanes
         self._block_size = block_size

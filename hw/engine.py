@@ -18,27 +18,32 @@ class Engine(wiring.Component):
     Weights are pre-quantized FGMP blocks streamed next to the activations: each input transfer carries
     one BF16 activation block and the ``lanes`` weight blocks it meets. They ride through the activation
     unit's pipeline unchanged (its ``passthrough``), so both arrive at the dot unit on the same cycle;
-    a weight memory or buffer in front of this stream is the integrator's choice. Both units stall their
-    whole pipeline on one enable, whose ready runs combinationally to their input; the skid buffer between
-    them registers the dot unit's ready, so no ready path crosses both units.
+    a weight memory or buffer in front of this stream is the integrator's choice. Under ``flow_control``
+    'stall' both units stall their whole pipeline on one enable, whose ready runs combinationally to their
+    input; under 'credit' both run their registers free and queue their results (each unit's own result
+    FIFO, the activation unit's carrying the weight blocks). Either way the skid buffer between them
+    registers the dot unit's ready, so no ready path crosses both units.
 
     Parameters (keyword-only): ``lanes``, ``block_size`` (16), ``max_channels`` (4096, the sensitivity
     table and so the longest reduction in elements), ``quantizer_stages`` (1) and ``dot_stages`` (1), the
-    two units' pipeline cuts.
+    two units' pipeline cuts, and ``flow_control`` ('stall' or 'credit', for both units).
 
     Ports: ``i`` (In stream ``{values: BF16[B], weights: block[lanes], first, last}``), ``o`` (the dot
     unit's output stream), ``config`` (the activation unit's configuration port), ``fp8_blocks``,
     ``nvfp4_blocks``, ``table_overflow`` (the activation unit's status).
     """
 
-    def __init__(self, *, lanes, block_size=16, max_channels=4096, quantizer_stages=1, dot_stages=1):
-        # The quantizer validates block size, channels and its stages; the dot unit validates the rest.
-        check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=quantizer_stages)
+    def __init__(self, *, lanes, block_size=16, max_channels=4096, quantizer_stages=1, dot_stages=1,
+                 flow_control="stall"):
+        # The quantizer validates block size, channels, its stages and the flow control; the dot unit the rest.
+        check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=quantizer_stages,
+                         flow_control=flow_control)
         self._dot = DotUnit(lanes=lanes, block_size=block_size, max_blocks=max_channels // block_size,
-                            pipeline_stages=dot_stages)
+                            pipeline_stages=dot_stages, flow_control=flow_control)
         weights = data.ArrayLayout(block_layout(FORMATS, block_size), lanes)
         self._quantizer = ActivationQuantizer(block_size=block_size, max_channels=max_channels,
-                                              pipeline_stages=quantizer_stages, passthrough=weights)
+                                              pipeline_stages=quantizer_stages, flow_control=flow_control,
+                                              passthrough=weights)
         self._skid = SkidBuffer(shape=self._dot.i.payload.shape())
         in_layout = data.StructLayout({"values": data.ArrayLayout(16, block_size), "weights": weights,
                                        "first": 1, "last": 1})
@@ -62,6 +67,10 @@ class Engine(wiring.Component):
     @property
     def max_channels(self):
         return self._quantizer.max_channels
+
+    @property
+    def flow_control(self):
+        return self._quantizer.flow_control
 
     @property
     def latency(self):

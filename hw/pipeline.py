@@ -21,6 +21,18 @@ def check_pipeline_stages(value, maximum):
         raise ValueError(f"Pipeline stages must be between 0 and {maximum}, not {value}")
 
 
+# stall: one clock enable for every register, low while a result waits for the sink. credit: the registers
+# run free and results queue in a FIFO of latency + 1 entries (docs/hardware.md, clock rate).
+FLOW_CONTROLS = ("stall", "credit")
+
+
+def check_flow_control(flow_control):
+    if not isinstance(flow_control, str):
+        raise TypeError(f"Flow control must be one of {', '.join(map(repr, FLOW_CONTROLS))}, not {flow_control!r}")
+    if flow_control not in FLOW_CONTROLS:
+        raise ValueError(f"Unknown flow control {flow_control!r}; choose from {', '.join(map(repr, FLOW_CONTROLS))}")
+
+
 class StallPipeline:
     """How a unit's registers advance and its results reach ``o``.
 

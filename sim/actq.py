@@ -22,7 +22,8 @@ def run_quantizer_bench(unit_params, simulator, build_root, *, tokens=8, channel
                         idle=0.2, backpressure=0.2):
     """Random BF16 blocks through ``ActivationQuantizer(**unit_params)`` under ``rounds`` configurations."""
     unit = ActivationQuantizer(**unit_params)
-    return _run(unit, f"fgmp_actq_p{unit.pipeline_stages}", "quantizer_matches_golden", unit_params, simulator,
+    flow = "_credit" if unit.flow_control == "credit" else ""
+    return _run(unit, f"fgmp_actq{flow}_p{unit.pipeline_stages}", "quantizer_matches_golden", unit_params, simulator,
                 build_root, tokens=tokens, channels=channels, rounds=rounds, seed=seed, idle=idle,
                 backpressure=backpressure)
 

@@ -36,9 +36,12 @@ def test_bench_configurations_straddle_the_threshold():
 
 
 @pytest.mark.cocotb
+@pytest.mark.parametrize("flow_control", ["stall", "credit"])
 @pytest.mark.parametrize("simulator", SIMULATORS)
-def test_quantizer_bench(simulator, tmp_path_factory, bench_reports):
-    result = run_quantizer_bench({"max_channels": 64, "pipeline_stages": MAX_PIPELINE_STAGES}, simulator,
+def test_quantizer_bench(simulator, flow_control, tmp_path_factory, bench_reports):
+    """The deepest pipeline under either flow control."""
+    result = run_quantizer_bench({"max_channels": 64, "pipeline_stages": MAX_PIPELINE_STAGES,
+                                  "flow_control": flow_control}, simulator,
                                  tmp_path_factory.mktemp("cocotb"), tokens=8, channels=64, rounds=6,
                                  idle=0.25, backpressure=0.3)
     report = result.report

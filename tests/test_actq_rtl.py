@@ -54,6 +54,51 @@ def test_random_bf16_blocks_many_k_under_stalls(pipeline_stages):
         _check_result(unit, x, config, result)
 
 
+@pytest.mark.parametrize("pipeline_stages", [0, 3, MAX_PIPELINE_STAGES])
+def test_credit_flow_control_matches_golden_under_stalls(pipeline_stages):
+    """Credit flow control: the registers run free and results queue; heavy back-pressure fills the queue,
+    and no block is lost, reordered or counted twice."""
+    rng = random.Random(40 + pipeline_stages)
+    unit = ActivationQuantizer(max_channels=64, pipeline_stages=pipeline_stages, flow_control="credit")
+    x = random_bf16(rng, (8, 64), nonfinite=0.01)
+    f = torch.tensor([rng.randrange(0x7F) for _ in range(64)], dtype=torch.uint8)
+    k = rng.randint(-10, 10)
+    config = golden.ActivationConfig(scale_exponent=k, threshold=median_threshold(x, f, k), sensitivities=f)
+    _check(unit, x, config, idle=0.2, backpressure=0.7, seed=pipeline_stages)
+
+
+def test_credit_flow_control_ready_does_not_follow_the_sink():
+    """``i.ready`` comes from the credit count: a sink that stops does not take it away in the same cycle
+    (under the stall discipline it does, once a result waits), and once every queue entry is spoken for
+    the unit stops taking blocks."""
+    def readiness(flow_control):
+        unit = ActivationQuantizer(block_size=2, max_channels=4, pipeline_stages=2, flow_control=flow_control)
+        seen = []
+
+        async def testbench(ctx):
+            ctx.set(unit.i.valid, 1)
+            for _ in range(unit.latency + 6):
+                await ctx.tick()
+                ctx.set(unit.o.ready, 1)
+                with_sink = ctx.get(unit.i.ready)
+                ctx.set(unit.o.ready, 0)
+                seen.append((with_sink, ctx.get(unit.i.ready)))
+
+        sim = Simulator(unit)
+        sim.add_clock(1e-8)
+        sim.add_testbench(testbench)
+        sim.run()
+        return unit, seen
+
+    unit, seen = readiness("credit")
+    assert all(with_sink == without for with_sink, without in seen)
+    # Nothing leaves: the first edge and result_entries - 1 more take a block each, then none.
+    taken = unit.result_entries - 1
+    assert [ready for ready, _ in seen] == [1] * taken + [0] * (len(seen) - taken)
+    _, seen = readiness("stall")
+    assert any(with_sink != without for with_sink, without in seen)
+
+
 def test_extreme_scale_exponents_saturate_and_underflow():
     rng = random.Random(5)
     unit = ActivationQuantizer(max_channels=32, pipeline_stages=1)
@@ -114,14 +159,17 @@ def test_one_row_table_serves_every_block_of_a_reduction():
                                             sensitivities=as_seen))
 
 
+@pytest.mark.parametrize("flow_control", ["stall", "credit"])
 @pytest.mark.parametrize("pipeline_stages", range(MAX_PIPELINE_STAGES + 1))
-def test_full_rate_latency_at_every_depth(pipeline_stages):
+def test_full_rate_latency_at_every_depth(pipeline_stages, flow_control):
     """Blocks offered every cycle with the sink always ready: one is taken every cycle (II = 1), each
-    result leaves ``latency`` = P + 1 cycles after its block was taken, bit-exact (B = 2 keeps the
-    sixteen depths cheap)."""
+    result leaves ``latency`` = P + 1 cycles after its block was taken, bit-exact, under either flow
+    control (B = 2 keeps the depths cheap)."""
     rng = random.Random(pipeline_stages)
-    unit = ActivationQuantizer(block_size=2, max_channels=4, pipeline_stages=pipeline_stages)
+    unit = ActivationQuantizer(block_size=2, max_channels=4, pipeline_stages=pipeline_stages,
+                               flow_control=flow_control)
     assert unit.latency == pipeline_stages + 1
+    assert unit.result_entries == (unit.latency + 1 if flow_control == "credit" else 0)
     x = random_bf16(rng, (12, 4), nonfinite=0.02)
     f = torch.tensor([rng.randrange(0x7F) for _ in range(4)], dtype=torch.uint8)
     config = golden.ActivationConfig(scale_exponent=rng.randint(-4, 4),
@@ -170,6 +218,8 @@ def test_full_rate_latency_at_every_depth(pipeline_stages):
     ({"pipeline_stages": MAX_PIPELINE_STAGES + 1}, ValueError,
      f"Pipeline stages must be between 0 and {MAX_PIPELINE_STAGES}, not {MAX_PIPELINE_STAGES + 1}"),
     ({"pipeline_stages": "1"}, TypeError, "Pipeline stages must be an integer, not '1'"),
+    ({"flow_control": "skid"}, ValueError, "Unknown flow control 'skid'; choose from 'stall', 'credit'"),
+    ({"flow_control": None}, TypeError, "Flow control must be one of 'stall', 'credit', not None"),
 ])
 def test_invalid_parameters(kwargs, error, message):
     with pytest.raises(error) as info:

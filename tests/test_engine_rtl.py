@@ -17,12 +17,16 @@ from fgmp.hw.skid import SkidBuffer
 from rtl_ops import rtl_engine
 
 
-@pytest.mark.parametrize("quantizer_stages,dot_stages", [(0, 0), (1, 1), (3, 2), (MAX_PIPELINE_STAGES, 1)])
-def test_engine_matches_golden_on_a_random_layer(quantizer_stages, dot_stages):
+@pytest.mark.parametrize("quantizer_stages,dot_stages,flow_control", [
+    (0, 0, "stall"), (1, 1, "stall"), (3, 2, "stall"), (MAX_PIPELINE_STAGES, 1, "stall"), (0, 0, "credit"),
+    (MAX_PIPELINE_STAGES, DOT_MAX_PIPELINE_STAGES, "credit")])
+def test_engine_matches_golden_on_a_random_layer(quantizer_stages, dot_stages, flow_control):
     torch.manual_seed(quantizer_stages)
     rng = random.Random(dot_stages)
     lanes, channels, tokens = 3, 64, 5
-    unit = Engine(lanes=lanes, max_channels=64, quantizer_stages=quantizer_stages, dot_stages=dot_stages)
+    unit = Engine(lanes=lanes, max_channels=64, quantizer_stages=quantizer_stages, dot_stages=dot_stages,
+                  flow_control=flow_control)
+    assert unit.flow_control == flow_control
     w = torch.randn(lanes, channels) * torch.exp(torch.randn(lanes, channels))
     weights = golden.quantize_blocks(w, torch.rand(lanes, channels // 16) < 0.3)
     x = (torch.randn(tokens, channels) * torch.exp(torch.randn(tokens, 1) * 2)).bfloat16()
@@ -63,6 +67,8 @@ def test_engine_validates_its_parameters():
     with pytest.raises(ValueError, match=f"Pipeline stages must be between 0 and {MAX_PIPELINE_STAGES}, not "
                                          f"{MAX_PIPELINE_STAGES + 1}"):
         Engine(lanes=1, quantizer_stages=MAX_PIPELINE_STAGES + 1)
+    with pytest.raises(ValueError, match="Unknown flow control 'skid'; choose from 'stall', 'credit'"):
+        Engine(lanes=1, flow_control="skid")
 
 
 def test_skid_buffer_passes_every_transfer_once_in_order_with_a_registered_ready():

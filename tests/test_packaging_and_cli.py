@@ -118,6 +118,19 @@ def test_generate_actq_and_engine_write_lint_clean_verilog(tmp_path, capsys):
     assert "module fgmp_engine_l2(" in engine and "input [531:0] i__payload;" in engine  # + 2 x 137 weights
 
 
+def test_generate_actq_and_engine_with_credit_flow_control(tmp_path, monkeypatch, capsys):
+    """--flow-control credit into a relative directory: the same module names and ports, lint clean."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "actq", "--max-channels", "64", "--pipeline-stages", "4", "--flow-control", "credit",
+                 "--out", "rel"]) == 0
+    assert main(["generate", "engine", "--lanes", "2", "--max-channels", "64", "--flow-control", "credit",
+                 "--out", "rel"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("lint clean") == 2 and out.count("credit flow control") == 2
+    assert "input [257:0] i__payload;" in (tmp_path / "rel" / "fgmp_actq.v").read_text()
+    assert "input [531:0] i__payload;" in (tmp_path / "rel" / "fgmp_engine_l2.v").read_text()
+
+
 def test_generate_actq_with_a_one_row_table_is_lint_clean(tmp_path, capsys):
     """C = B: the table has one row, and no signal may have zero width."""
     assert main(["generate", "actq", "--max-channels", "16", "--out", str(tmp_path)]) == 0

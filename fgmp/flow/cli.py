@@ -8,6 +8,7 @@ from pathlib import Path
 from fgmp.hw.dot import DATAPATHS, FLOW_CONTROLS
 from fgmp.toolchain import ToolchainError
 
+from .timing import ROUTERS
 from .tools import FlowError
 
 __all__ = ["add_commands"]
@@ -22,7 +23,7 @@ _OPTIONS = {
     "dot_stages": {"engine": "dot_stages"},
     "formats": {"dot": "formats"},
     "datapath": {"dot": "datapath"},
-    "flow_control": {"dot": "flow_control"},
+    "flow_control": {"dot": "flow_control", "actq": "flow_control", "engine": "flow_control"},
     "format": {"decoder": "format"},
 }
 
@@ -72,7 +73,8 @@ def _add_unit_options(parser):
     parser.add_argument("--formats", nargs="+", choices=["nvfp4", "fp8"], help="dot unit: element formats")
     parser.add_argument("--datapath", choices=DATAPATHS, help="FGMP dot unit: shared or split (docs/hardware.md)")
     parser.add_argument("--flow-control", choices=FLOW_CONTROLS,
-                        help="dot unit: stall (global clock enable) or credit (result FIFO; docs/hardware.md)")
+                        help="dot unit, activation unit, engine: stall (global clock enable) or credit (result "
+                             "FIFO; docs/hardware.md)")
     parser.add_argument("--format", choices=["e2m1", "e4m3", "ue4m3"], help="decoder: which one")
 
 
@@ -141,7 +143,8 @@ def _timing(args):
     progress = lambda r: print(f"  {r.unit} on {r.part}: "
                                + (f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g})" if r.fmax_mhz else "does not fit"),
                                flush=True)
-    results = timing_sweep(configs, parts, args.out, freq=freq, reuse=args.reuse, jobs=args.jobs, progress=progress)
+    results = timing_sweep(configs, parts, args.out, freq=freq, reuse=args.reuse, jobs=args.jobs, router=args.router,
+                           progress=progress)
     tables = [("Fmax and utilisation after place and route (unit + timing harness)", timing_table(results))]
     _print_tables(tables)
     _write(args.out, "timing", [r.as_dict() for r in results], tables)
@@ -231,6 +234,8 @@ def add_commands(commands):
     timing.add_argument("--out", type=Path, default=Path("out/flow/timing"))
     timing.add_argument("--reuse", action="store_true")
     timing.add_argument("--jobs", type=int, default=1)
+    timing.add_argument("--router", choices=ROUTERS, default="router1",
+                        help="nextpnr's router (default router1; router2 routes the largest units far faster)")
     timing.set_defaults(func=_guarded(_timing))
 
     constraints = commands.add_parser("constraints", help="SDC and XDC for a generated top")

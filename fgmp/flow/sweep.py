@@ -39,12 +39,13 @@ def _area_point(kind, params, target, out, reuse):
     return synthesize(unit, target, Path(out) / unit.slug / target, reuse=reuse)
 
 
-def _timing_point(kind, params, part, out, freq, reuse):
+def _timing_point(kind, params, part, out, freq, reuse, router):
     unit = make_unit(kind, **params)
     if freq is None:
         freq = target_frequency(kind, part)
+    workdir = Path(out) / unit.slug / (part if router == "router1" else f"{part}-{router}")
     try:
-        return place_and_route(unit, part, Path(out) / unit.slug / part, freq_mhz=freq, reuse=reuse)
+        return place_and_route(unit, part, workdir, freq_mhz=freq, router=router, reuse=reuse)
     except DoesNotFit as error:
         return TimingResult.not_fitted(unit, part, error)
 
@@ -73,11 +74,12 @@ def area_sweep(configs, targets, out, *, reuse=False, jobs=1, progress=lambda re
     return _run(_area_point, points, jobs, progress)
 
 
-def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, progress=lambda result: None):
+def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, router="router1",
+                 progress=lambda result: None):
     """TimingResults of every (config, part); a point that does not fit has no Fmax and says why.
     ``freq`` None constrains each point at its unit's target on the part (``TARGET_MHZ``), or at the
-    constraint file's clock where the unit has none."""
+    constraint file's clock where the unit has none. ``router``: nextpnr's (``timing.ROUTERS``)."""
     for kind, params in configs:
         _validate(kind, params)
-    points = [(kind, params, part, out, freq, reuse) for kind, params in configs for part in parts]
+    points = [(kind, params, part, out, freq, reuse, router) for kind, params in configs for part in parts]
     return _run(_timing_point, points, jobs, progress)

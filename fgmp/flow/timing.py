@@ -21,7 +21,7 @@ from .harness import TimingHarness
 from .tools import DoesNotFit, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
 __all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit", "TARGET_MHZ",
-           "target_frequency", "gmacs_per_klut"]
+           "target_frequency", "gmacs_per_klut", "ROUTERS"]
 
 HARNESS_TOP = "fgmp_timing"
 
@@ -102,6 +102,7 @@ class TimingResult:
     kind: str = ""  # dot, actq, engine, decoder
     latency: int = None  # cycles (the unit's latency property)
     macs_per_cycle: int = None  # lanes x block size for the dot unit and the engine
+    router: str = "router1"  # nextpnr's router (ROUTERS)
 
     @property
     def met(self):
@@ -140,7 +141,7 @@ class TimingResult:
                 "critical_path": self.critical_path, "error": self.error,
                 "seconds": round(self.seconds, 1), "kind": self.kind, "latency": self.latency,
                 "macs_per_cycle": self.macs_per_cycle, "unit_lut4": self.unit_lut4, "unit_dsp": self.unit_dsp,
-                "gmacs": self.gmacs, "gmacs_per_klut": self.gmacs_per_klut}
+                "gmacs": self.gmacs, "gmacs_per_klut": self.gmacs_per_klut, "router": self.router}
 
 
 def _synthesize(harness, verilog, part, workdir):
@@ -160,16 +161,27 @@ def _synthesize(harness, verilog, part, workdir):
     return summarize(part.area_target, cells[dut]), summarize(part.area_target, cells[HARNESS_TOP]), bits
 
 
-def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=False):
-    """Synthesize ``unit`` in the harness for ``part_name``, place and route it; returns a TimingResult.
-    Raises DoesNotFit when the part lacks the resources, FlowError for any other tool failure."""
+# nextpnr's routers: router1 (its default, and every figure before router2 was offered here) and router2,
+# which routes the largest units (the activation unit at B = 16 and the deepest P) in minutes where
+# router1 had not converged after an hour.
+ROUTERS = ("router1", "router2")
+
+
+def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, router="router1", reuse=False):
+    """Synthesize ``unit`` in the harness for ``part_name``, place and route it with nextpnr's ``router``;
+    returns a TimingResult. Raises DoesNotFit when the part lacks the resources, FlowError for any other
+    tool failure."""
+    if router not in ROUTERS:
+        raise ValueError(f"Unknown router {router!r}; choose from {', '.join(ROUTERS)}")
     part = PARTS[check_parts([part_name])[0]]
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     harness = TimingHarness(unit.component)
     verilog = write_verilog(harness, HARNESS_TOP, workdir)
-    key = cache_key(verilog, part, freq_mhz, seed, (CONSTRAINTS_DIR / part.constraints).read_text())
+    # router1 adds nothing to the key, so the points cached before the choice existed stay valid.
+    key = cache_key(verilog, part, freq_mhz, seed, (CONSTRAINTS_DIR / part.constraints).read_text(),
+                    *(() if router == "router1" else (router,)))
     if reuse and (cached := load_cached(workdir, key)) is not None:
         cached["utilization"] = {k: tuple(v) for k, v in cached["utilization"].items()}
         cached.update(kind=unit.kind, latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
@@ -183,7 +195,7 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
     option = "--lpf" if part.family == "ecp5" else "--pcf"
     output = ("--textcfg", "placed.config") if part.family == "ecp5" else ("--asc", "placed.asc")
     args = [*part.nextpnr_args, "--json", "netlist.json", option, constraints.name, "--report", "report.json",
-            "--timing-allow-fail", "--seed", seed, *output]
+            "--timing-allow-fail", "--seed", seed, "--router", router, *output]
     try:
         run_tool(f"yowasp-nextpnr-{part.family}", args, cwd=workdir, log="nextpnr.log")
     except FlowError as error:
@@ -205,7 +217,7 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, reuse=Fa
     result = TimingResult(unit=unit.label, top=unit.top, part=part_name, pipeline_stages=unit.pipeline_stages,
                           fmax_mhz=clock["achieved"], target_mhz=target, utilization=utilization,
                           unit_cells=unit_cells, harness_cells=harness_cells, harness_bits=bits,
-                          seconds=time.perf_counter() - start, constraints=str(constraints),
+                          seconds=time.perf_counter() - start, constraints=str(constraints), router=router,
                           critical_path=_critical_path(report, GROUP_RULES[unit.kind]), kind=unit.kind,
                           latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
     store_cached(workdir, key, dataclasses.asdict(result))

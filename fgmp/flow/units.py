@@ -14,8 +14,8 @@ __all__ = ["UNITS", "TILE_UNITS", "DOT_VARIANTS", "Unit", "make_unit", "dot_vari
 # Kind -> the generator parameters it accepts (keyword arguments of its constructor).
 UNITS = {
     "dot": ("lanes", "block_size", "max_blocks", "pipeline_stages", "formats", "datapath", "flow_control"),
-    "actq": ("block_size", "max_channels", "pipeline_stages"),
-    "engine": ("lanes", "block_size", "max_channels", "quantizer_stages", "dot_stages"),
+    "actq": ("block_size", "max_channels", "pipeline_stages", "flow_control"),
+    "engine": ("lanes", "block_size", "max_channels", "quantizer_stages", "dot_stages", "flow_control"),
     "decoder": ("format",),
 }
 # The FGMP tile (hw/tile.py) and the parts it adds to the dot unit: the post-processing unit and the narrow
@@ -59,10 +59,10 @@ class Unit:
         if self.kind == "dot":
             return f"{dot_variant(self.component)} dot L={p['lanes']} P={self.component.pipeline_stages}"
         if self.kind == "actq":
-            return f"actq C={self.component.max_channels} P={self.component.pipeline_stages}"
+            return f"actq{self._credit} C={self.component.max_channels} P={self.component.pipeline_stages}"
         if self.kind == "engine":
             q, d = self.pipeline_stages
-            return f"engine L={p['lanes']} C={self.component.max_channels} Q={q} P={d}"
+            return f"engine{self._credit} L={p['lanes']} C={self.component.max_channels} Q={q} P={d}"
         if self.kind == "tile":
             c = self.component
             return f"tile L={c.lanes} K={c.max_inputs} M={c.max_outputs} T={c.max_tokens} E={c.elements_per_cycle}"
@@ -73,16 +73,22 @@ class Unit:
         return self.top
 
     @property
+    def _credit(self):
+        """' credit' for an activation unit or engine under credit flow control (the dot unit's top names it)."""
+        return " credit" if getattr(self.component, "flow_control", "stall") == "credit" else ""
+
+    @property
     def slug(self):
         """A directory name unique to the configuration (defaults included)."""
         c = self.component
         if self.kind == "dot":
             return f"{self.top}_b{c.block_size}_n{c.max_blocks}_p{c.pipeline_stages}"
+        flow = "_credit" if self._credit else ""
         if self.kind == "actq":
-            return f"{self.top}_b{c.block_size}_c{c.max_channels}_p{c.pipeline_stages}"
+            return f"{self.top}_b{c.block_size}_c{c.max_channels}_p{c.pipeline_stages}{flow}"
         if self.kind == "engine":
             q, p = self.pipeline_stages
-            return f"{self.top}_b{c.block_size}_c{c.max_channels}_q{q}_p{p}"
+            return f"{self.top}_b{c.block_size}_c{c.max_channels}_q{q}_p{p}{flow}"
         if self.kind == "tile":
             return (f"{self.top}_k{c.max_inputs}_m{c.max_outputs}_t{c.max_tokens}_w{c.weight_blocks}"
                     f"_h{c.fp8_weight_blocks}_a{c.activation_blocks}_o{int(bool(c.output_words))}"
