@@ -17,7 +17,9 @@ docs/hardware.md between the ``<!-- area:begin -->`` / ``<!-- area:end -->`` mar
    decoder, all on the ECP5-85F; the FP4-only 1-lane unit on the ``--ice40`` parts at ``--ice40-stages``
    (default every depth). Latency, GMAC/s per 1,000 LUT4 of the unit, the plot docs/timing.png (Fmax
    and LUT4 against depth) and the targets' status. A 4-lane dot unit, the activation unit at B = 16 and
-   the engine take tens of minutes each (WASM Yosys / nextpnr on 2 cores): they run last.
+   the engine take tens of minutes each (WASM Yosys / nextpnr on 2 cores): they run last. The goal dot
+   unit, the activation unit and the engine run under ``--flow-control`` (default credit), the last two
+   routed with ``--slow-router`` (default nextpnr's router2).
 3. ``--bitstream``: the 1-lane FGMP self-test for the ULX3S-85F (at ``--ulx3s-freq`` MHz, through the PLL
    when it is not 25) and the FP4-only one for the iCEBreaker (at ``--icebreaker-freq``), deepest pipeline.
 
@@ -39,10 +41,10 @@ from fgmp.flow.groups import GROUP_ORDER
 from fgmp.flow.report import (PRIMARY, TARGET_TITLES, compare_tables, markdown, plot_breakdown, plot_depth, table,
                               targets_status, timing_table)
 from fgmp.flow.sweep import VARIANTS, area_sweep, compare_configs, timing_sweep
-from fgmp.flow.timing import TARGET_MHZ
+from fgmp.flow.timing import ROUTERS, TARGET_MHZ
 from fgmp.flow.tools import FlowError, tool_path
 from fgmp.hw.actq import MAX_PIPELINE_STAGES as ACTQ_MAX
-from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX
+from fgmp.hw.dot import FLOW_CONTROLS, MAX_PIPELINE_STAGES as DOT_MAX
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- area:begin -->", "<!-- area:end -->"
@@ -141,6 +143,12 @@ def main(argv=None):
     parser.add_argument("--engine-lanes", type=int, default=4)
     parser.add_argument("--engine-stages", type=int, nargs=2, default=[ACTQ_MAX, DOT_MAX], metavar=("Q", "P"),
                         help="the engine's activation-unit and dot-unit depths (default the deepest of each)")
+    parser.add_argument("--flow-control", choices=FLOW_CONTROLS, default="credit",
+                        help="flow control of the --goal-lanes dot unit, the activation unit and the engine "
+                             "(default credit: no clock enable fans out to their registers)")
+    parser.add_argument("--slow-router", choices=ROUTERS, default="router2",
+                        help="nextpnr router of the activation unit and the engine (default router2: router1 "
+                             "did not converge on them in an hour)")
     parser.add_argument("--no-dsp-comparison", dest="nodsp", action="store_false",
                         help="leave out the 1-lane FGMP unit at the deepest --stages without DSP inference")
     parser.add_argument("--no-timing", dest="timing", action="store_false")
@@ -242,19 +250,21 @@ def _timing(args, log):
         results += timing_sweep([dot(args.timing_lanes, max(args.stages), "FGMP")], ["ecp5-85f-nodsp"],
                                 args.out / "timing", reuse=args.reuse, jobs=args.jobs, progress=log)
     slow = []
+    flow = {"flow_control": args.flow_control}
     if args.actq_timing:
-        slow += [("actq", {"max_channels": args.max_channels, "pipeline_stages": p}) for p in args.actq_stages]
-    goal = [dot(args.goal_lanes, p, "FGMP") for p in args.goal_stages] if args.goal_lanes != args.timing_lanes else []
+        slow += [("actq", {"max_channels": args.max_channels, "pipeline_stages": p, **flow}) for p in args.actq_stages]
+    goal = [(kind, {**params, **flow}) for kind, params in (dot(args.goal_lanes, p, "FGMP") for p in args.goal_stages)
+            ] if args.goal_lanes != args.timing_lanes else []
     if args.actq_timing and args.engine_timing:
         q, p = args.engine_stages
         slow += [("engine", {"lanes": args.engine_lanes, "max_channels": args.max_channels,
-                             "quantizer_stages": q, "dot_stages": p})]
+                             "quantizer_stages": q, "dot_stages": p, **flow})]
     if goal:
         results += timing_sweep(goal, [args.goal_part], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
                                 progress=log)
     if slow:
         results += timing_sweep(slow, ["ecp5-85f"], args.out / "timing", reuse=args.reuse, jobs=args.jobs,
-                                progress=log)
+                                router=args.slow_router, progress=log)
     return results
 
 
@@ -271,7 +281,9 @@ def _timing_section(timing, args):
              "throughput per area that shows the best depth. `ecp5-85f-nodsp` is the same part with "
              "`synth_ecp5 -nodsp` (every multiplier in logic). \"harness adds\" is the harness's own share: one "
              "flip-flop per unit input and output bit, a 32-bit LFSR and a registered XOR tree. \"critical "
-             "path\" names the submodules at its two ends.", "",
+             "path\" names the submodules at its two ends. The --goal-lanes dot unit, the activation unit and "
+             f"the engine run under {args.flow_control} flow control; the activation unit and the engine are "
+             f"routed with nextpnr's {args.slow_router}, every other point with router1.", "",
              markdown(timing_table(timing)), "", "![Fmax and unit LUT4 against pipeline depth](timing.png)", ""]
     plot_depth(timing, ROOT / "docs/timing.png")
     lines += _best_depths(timing) + _dsp_comparison(timing, args)

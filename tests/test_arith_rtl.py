@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 
 from fgmp import golden
 from fgmp.hw.arith import (combine_leading_one, divide, leading_one, leading_one_chunks, max_code, round_ratio,
-                           small_product, square)
+                           small_product, square, square_partials)
 from fgmp.hw.formats import E2M1, E4M3, UE4M3
 
 
@@ -181,6 +181,29 @@ class _Square(wiring.Component):
 def test_square_of_every_value(width):
     values = range(1 << width)
     assert _evaluate(_Square(width), [{"value": v} for v in values], "result") == [v * v for v in values]
+
+
+class _SquarePartials(wiring.Component):
+    def __init__(self, width, parts):
+        self._parts = parts
+        super().__init__({"value": In(width), "partials": Out(2 * width * parts)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.partials.eq(Cat(square_partials(m, self.value, self._parts, "sq")))
+        return m
+
+
+@pytest.mark.parametrize("width,parts", [(5, 2), (5, 3), (12, 4)])
+def test_square_partials_add_up_to_the_square_of_every_value(width, parts):
+    """What the activation unit's ``square_mid`` cut registers: each partial sum within its width (none
+    wraps) and their total the square."""
+    values = range(1 << width)
+    got = _evaluate(_SquarePartials(width, parts), [{"value": v} for v in values], "partials")
+    mask = (1 << 2 * width) - 1
+    split = [[(word >> (2 * width * k)) & mask for k in range(parts)] for word in got]
+    assert [sum(partials) for partials in split] == [v * v for v in values]
+    assert all(split[-1])  # all ones: every partial product is set, so every part carries some
 
 
 class _SmallProduct(wiring.Component):
