@@ -29,8 +29,9 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   scale_rounding   the scale quotients shifted and rounded, before their codes and saturation
 #   scales           s4 and s8 (P >= 1)
 #   divisors         s4 and s8 decoded and normalised, before the element divisions they divide
-#   div2/3/5/6/8     the element divisions (x' / s4 and x' / s8) after 2, 3, 5, 6 and 8 quotient bits (as the
-#                    scales', in chunks of at most two bits)
+#   div1..div8       the element divisions (x' / s4 and x' / s8) after 1..8 quotient bits (each a cut of its
+#                    own from P = 39: one compare-and-subtract step per stage, as the divisors reach the
+#                    sixteen elements' steps over one long net each)
 #   quotients        the element quotients and remainders, before their rounding
 #   rounding         the element quotients shifted and rounded, before their codes and saturation
 #   codes            q4 and q8, before the products s*q
@@ -53,7 +54,7 @@ CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "s
         "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align",
         "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized", "magnitudes", "leading",
         "top_mid", "decision", "magnitude_products", "div2", "div5", "div8", "square_mid", "amax_l1", "amax_l3",
-        "amax_key")
+        "amax_key", "div1", "div4", "div7")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -429,7 +430,8 @@ class ActivationQuantizer(wiring.Component):
 
 
 _DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
-             "scale_rounding", "scales", "divisors", "div2", "div3", "div5", "div6", "div8", "quotients", "rounding",
+             "scale_rounding", "scales", "divisors", "div1", "div2", "div3", "div4", "div5", "div6", "div7", "div8",
+             "quotients", "rounding",
              "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square_mid", "square",
              "terms", "leading", "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
 
@@ -444,12 +446,11 @@ def _table_join(cuts):
 
 
 # The restoring divisions' quotient bits (9, MSB first) in chunks, and the cut after each: the scales' in
-# three chunks of three, the elements' (16 times as many, spread wider) in chunks of at most two, so that
-# the deepest pipelines have at most two compare-and-subtract carry chains in series per stage. The cuts
-# after 3 and 6 bits come first in CUTS; those after 2, 5 and 8 split their chunks later.
+# three chunks of three, the elements' (16 times as many, spread wider, their divisors broadcast to all
+# sixteen) one bit each, so that the deepest pipeline has one compare-and-subtract carry chain per stage.
+# The cuts after 3 and 6 bits come first in CUTS, then those after 2, 5 and 8, then 1, 4 and 7.
 _SCALE_QUOTIENT_CHUNKS = ((range(6, 9), "div3"), (range(3, 6), "div6"), (range(0, 3), "quotients"))
-_QUOTIENT_CHUNKS = ((range(7, 9), "div2"), (range(6, 7), "div3"), (range(4, 6), "div5"), (range(3, 4), "div6"),
-                    (range(1, 3), "div8"), (range(0, 1), "quotients"))
+_QUOTIENT_CHUNKS = tuple((range(bit, bit + 1), f"div{9 - bit}" if bit else "quotients") for bit in range(8, -1, -1))
 # A division's rounding exponent work starts beside the quotient bits after the cut that ends this chunk.
 _EXPONENT_START = "div3"
 
