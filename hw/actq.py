@@ -17,7 +17,7 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 # The register cuts in the order the pipeline depth P places them: P cuts are CUTS[:P]. The first three
 # are the original ones; each later one splits the stage that was then estimated to be the longest (the
 # measured critical paths are in docs/hardware.md). Each name says what is registered, in dataflow order:
-#   unpack           the BF16 elements unpacked (significand, exponent - k, NaN/Inf), before the amax tree
+#   unpack           the BF16 elements, their magnitude keys and the block's NaN/Inf flags, before the amax tree
 #   amax_mid         the amax tree after its first half of compare levels (2 of 4 at B = 16)
 #   amax_l1/l3       the amax tree after the first half of its first / second half of levels
 #   amax_key         the largest magnitude key, before it is unpacked with k
@@ -26,7 +26,9 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   scale_div3/6     the scale divisions (amax' / 6 and / 448) after 3 and 6 of their 9 quotient bits; from
 #                    the first chunk on, each carries its rounding's exponent work (arith.quotient_exponent)
 #   scale_quotients  the scale quotients and remainders, before their rounding
-#   scale_rounding   the scale quotients shifted and rounded, before their codes and saturation
+#   scale_rounding   the scale quotients shifted and rounded, before their codes and saturation; beside
+#                    them the elements unpacked with k (significand, exponent - k, NaN/Inf), before their
+#                    normalisation
 #   scales           s4 and s8 (P >= 1)
 #   divisors         s4 and s8 decoded and normalised, before the element divisions they divide
 #   div1..div8       the element divisions (x' / s4 and x' / s8) after 1..8 quotient bits (each a cut of its
@@ -222,6 +224,7 @@ class ActivationQuantizer(wiring.Component):
         valid = pipeline.input_valid
         codes_read = [read.data[i] for i in range(B)]
         join = _table_join(cuts)
+        assert (join is None) == (not cuts)  # a synchronous read has a cut to stand in for
         if join is None:
             m.d.comb += read.addr.eq(row)
             live["f"] = codes_read
@@ -304,7 +307,8 @@ class ActivationQuantizer(wiring.Component):
         live.update(s4=s4, s8_used=s8_used)
         cut("scales")
 
-        # Both candidates per element: x' / s rounded to E2M1 and E4M3, the divisions split in three.
+        # Both candidates per element: x' / s rounded to E2M1 and E4M3, the divisions one quotient bit per
+        # chunk (``_QUOTIENT_CHUNKS``).
         s4_decoded = decode_scale(m, live["s4"], "s4_dec")
         s8_decoded = decode_scale(m, live["s8_used"], "s8_dec")
         s4_sig, s4_exp = normalized_scale(m, s4_decoded, "s4_dec")

@@ -3,7 +3,7 @@
 from amaranth import Const, ResetSignal, Signal
 from amaranth.lib.fifo import SyncFIFO
 
-__all__ = ["check_count", "check_pipeline_stages", "StallPipeline"]
+__all__ = ["FLOW_CONTROLS", "check_count", "check_flow_control", "check_pipeline_stages", "StallPipeline"]
 
 
 def check_count(name, value, minimum):

@@ -41,7 +41,8 @@ def _check_result(unit, x, config, result):
     return want
 
 
-@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3, MAX_PIPELINE_STAGES])
+# 4, 8, 13 and 33: where the sensitivity table's late read moves to a later cut (``_table_join``).
+@pytest.mark.parametrize("pipeline_stages", [0, 1, 2, 3, 4, 8, 13, 33, MAX_PIPELINE_STAGES])
 def test_random_bf16_blocks_many_k_under_stalls(pipeline_stages):
     rng = random.Random(pipeline_stages)
     unit = ActivationQuantizer(max_channels=128, pipeline_stages=pipeline_stages)
@@ -54,7 +55,7 @@ def test_random_bf16_blocks_many_k_under_stalls(pipeline_stages):
         _check_result(unit, x, config, result)
 
 
-@pytest.mark.parametrize("pipeline_stages", [0, 3, MAX_PIPELINE_STAGES])
+@pytest.mark.parametrize("pipeline_stages", [0, 3, 8, 33, MAX_PIPELINE_STAGES])
 def test_credit_flow_control_matches_golden_under_stalls(pipeline_stages):
     """Credit flow control: the registers run free and results queue; heavy back-pressure fills the queue,
     and no block is lost, reordered or counted twice."""

@@ -522,3 +522,20 @@ def test_credit_flow_control_names_its_own_points():
         stall, credit = make_unit(kind, **params), make_unit(kind, flow_control="credit", **params)
         assert credit.slug == stall.slug + "_credit"
         assert credit.label == stall.label.replace(kind, f"{kind} credit", 1)
+
+
+def test_an_engine_under_credit_and_router2_counts_for_its_target():
+    """The engine target finds a credit engine's point (its label says credit), and the table says which
+    router placed a point when it is not router1."""
+    import dataclasses
+
+    from fgmp.flow.report import targets_status, timing_table
+
+    engine = dataclasses.replace(_timing_result("engine credit L=4 C=1024 Q=36 P=17", "ecp5-85f", (36, 17), 57.0,
+                                                 53000, 64, "engine", "activation unit -> activation unit", 100),
+                                 router="router2")
+    [row] = timing_table([engine])["rows"]
+    assert row[1] == "ecp5-85f (router2)" and row[2] == "Q=36 P=17"
+    assert targets_status([engine])[2] == (
+        "- engine, 4 lanes, ECP5-85F, ≥ 100 MHz: **not met**; best 57.0 MHz at Q=36 P=17 (ecp5-85f, constrained "
+        "at 100 MHz), critical path activation unit -> activation unit.")

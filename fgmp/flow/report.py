@@ -147,7 +147,8 @@ def timing_table(results):
         dsp = "MULT18X18D" if "LUT4" in r.utilization else "SB_MAC16"
         gmacs = None if r.gmacs is None else round(r.gmacs, 2)
         per_klut = None if r.gmacs_per_klut is None else f"{r.gmacs_per_klut:.3f}"
-        rows.append([r.unit, r.part, _stages(r), r.latency, round(r.fmax_mhz, 1), r.target_mhz,
+        part = r.part if r.router == "router1" else f"{r.part} ({r.router})"
+        rows.append([r.unit, part, _stages(r), r.latency, round(r.fmax_mhz, 1), r.target_mhz,
                      "yes" if r.met else "no", used(logic), used("FF"), used(dsp), r.unit_lut4, r.unit_dsp or 0,
                      gmacs, per_klut, r.critical_path, _harness(r), round(r.seconds)])
     return table(["unit", "part", "P", "latency", "Fmax MHz", "target MHz", "met", "logic used", "FF used",
@@ -211,7 +212,8 @@ TARGETS = [
     ("FGMP dot unit, 4 lanes, ECP5-85F", lambda r: r.unit.startswith("FGMP dot L=4 ") and r.part.startswith("ecp5"),
      150.0),
     ("activation unit, B = 16, ECP5-85F", lambda r: r.kind == "actq" and r.part.startswith("ecp5"), 100.0),
-    ("engine, 4 lanes, ECP5-85F", lambda r: r.unit.startswith("engine L=4 ") and r.part.startswith("ecp5"), 100.0),
+    ("engine, 4 lanes, ECP5-85F", lambda r: r.kind == "engine" and " L=4 " in r.unit and r.part.startswith("ecp5"),
+     100.0),
     ("FP4-only dot unit, 1 lane, iCE40 UP5K", lambda r: r.unit.startswith("FP4-only dot L=1 ") and r.part == "ice40-up5k",
      24.0),
 ]

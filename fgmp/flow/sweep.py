@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .area import synthesize
-from .timing import TimingResult, place_and_route, target_frequency
+from .timing import TimingResult, check_router, place_and_route, target_frequency
 from .tools import DoesNotFit
 from .units import DOT_VARIANTS as VARIANTS, make_unit
 
@@ -81,5 +81,6 @@ def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, router=
     constraint file's clock where the unit has none. ``router``: nextpnr's (``timing.ROUTERS``)."""
     for kind, params in configs:
         _validate(kind, params)
+    check_router(router)  # before any point runs
     points = [(kind, params, part, out, freq, reuse, router) for kind, params in configs for part in parts]
     return _run(_timing_point, points, jobs, progress)

@@ -21,7 +21,8 @@ from .harness import TimingHarness
 from .tools import DoesNotFit, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
 __all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit", "TARGET_MHZ",
-           "target_frequency", "gmacs_per_klut", "ROUTERS"]
+           "target_frequency", "gmacs_per_klut", "ROUTERS",
+           "check_router"]
 
 HARNESS_TOP = "fgmp_timing"
 
@@ -167,12 +168,17 @@ def _synthesize(harness, verilog, part, workdir):
 ROUTERS = ("router1", "router2")
 
 
+def check_router(router):
+    if router not in ROUTERS:
+        raise ValueError(f"Unknown router {router!r}; choose from {', '.join(ROUTERS)}")
+    return router
+
+
 def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, router="router1", reuse=False):
     """Synthesize ``unit`` in the harness for ``part_name``, place and route it with nextpnr's ``router``;
     returns a TimingResult. Raises DoesNotFit when the part lacks the resources, FlowError for any other
     tool failure."""
-    if router not in ROUTERS:
-        raise ValueError(f"Unknown router {router!r}; choose from {', '.join(ROUTERS)}")
+    check_router(router)
     part = PARTS[check_parts([part_name])[0]]
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
