@@ -220,3 +220,27 @@ def rtl_engine(unit, weights, x, config, *, idle=0.0, backpressure=0.0, seed=0):
                cycle_limit=50 * len(words) + 10 * len(config_values) + 100, take=take),
          read_counters)
     return torch.tensor(results, dtype=torch.int64), counters
+
+
+def rtl_readiness(unit, payload=None, *, cycles):
+    """A block offered on every cycle and a sink that never takes a result: per cycle after an edge,
+    ``i.ready`` with ``o.ready`` high and then low, as a (with sink, without sink) pair, so a test can see
+    whether ready follows the sink in the same cycle."""
+    seen = []
+
+    async def testbench(ctx):
+        if payload is not None:
+            ctx.set(unit.i.payload.as_value(), payload)
+        ctx.set(unit.i.valid, 1)
+        for _ in range(cycles):
+            await ctx.tick()
+            ctx.set(unit.o.ready, 1)
+            with_sink = ctx.get(unit.i.ready)
+            ctx.set(unit.o.ready, 0)
+            seen.append((with_sink, ctx.get(unit.i.ready)))
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return seen

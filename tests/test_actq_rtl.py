@@ -19,7 +19,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from fgmp.sim.actq_stimuli import config_writes, median_threshold, random_bf16
-from rtl_ops import rtl_actq, rtl_actq_rounds
+from rtl_ops import rtl_actq, rtl_actq_rounds, rtl_readiness
 
 B = 16
 
@@ -74,22 +74,7 @@ def test_credit_flow_control_ready_does_not_follow_the_sink():
     the unit stops taking blocks."""
     def readiness(flow_control):
         unit = ActivationQuantizer(block_size=2, max_channels=4, pipeline_stages=2, flow_control=flow_control)
-        seen = []
-
-        async def testbench(ctx):
-            ctx.set(unit.i.valid, 1)
-            for _ in range(unit.latency + 6):
-                await ctx.tick()
-                ctx.set(unit.o.ready, 1)
-                with_sink = ctx.get(unit.i.ready)
-                ctx.set(unit.o.ready, 0)
-                seen.append((with_sink, ctx.get(unit.i.ready)))
-
-        sim = Simulator(unit)
-        sim.add_clock(1e-8)
-        sim.add_testbench(testbench)
-        sim.run()
-        return unit, seen
+        return unit, rtl_readiness(unit, cycles=unit.latency + 6)
 
     unit, seen = readiness("credit")
     assert all(with_sink == without for with_sink, without in seen)

@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from fgmp.sim.dot_stimuli import (ONE_SCALE, PayloadPacker, Reduction, exhaustive_reductions,
                                   expected_results, random_reductions)
-from rtl_ops import rtl_dot, rtl_dot_words
+from rtl_ops import rtl_dot, rtl_dot_words, rtl_readiness
 
 B = 16
 NAN = golden.CANONICAL_NAN_BITS
@@ -217,24 +217,7 @@ def test_credit_flow_control_ready_does_not_follow_the_sink():
         unit = DotUnit(lanes=1, pipeline_stages=2, flow_control=flow_control)
         word = PayloadPacker(unit).words(random_reductions(lanes=1, formats=unit.formats, block_size=B, count=1,
                                                            max_blocks=1, seed=0))
-        word = next(iter(word))
-        seen = []
-
-        async def testbench(ctx):
-            ctx.set(unit.i.payload.as_value(), word)
-            ctx.set(unit.i.valid, 1)
-            for _ in range(unit.latency + 6):
-                await ctx.tick()
-                ctx.set(unit.o.ready, 1)
-                with_sink = ctx.get(unit.i.ready)
-                ctx.set(unit.o.ready, 0)
-                seen.append((with_sink, ctx.get(unit.i.ready)))
-
-        sim = Simulator(unit)
-        sim.add_clock(1e-8)
-        sim.add_testbench(testbench)
-        sim.run()
-        return unit, seen
+        return unit, rtl_readiness(unit, next(iter(word)), cycles=unit.latency + 6)
 
     unit, seen = readiness("credit")
     assert all(with_sink == without for with_sink, without in seen)
