@@ -100,9 +100,7 @@ class ActivationQuantizer(wiring.Component):
     cut the sensitivity table's read is synchronous); ``flow_control``, 'stall' (default: one clock enable
     holds every register while a result waits for the sink) or 'credit' (the registers run free and results
     queue in a FIFO of ``result_entries`` = latency + 1 entries, so no enable fans out to the datapath and
-    ``i.ready`` does not depend on ``o.ready`` in the same cycle; same latency, II = 1); ``passthrough``, an
-    optional shape carried unchanged from ``i`` to ``o`` alongside its block (the engine sends the weight
-    blocks this way).
+    ``i.ready`` does not depend on ``o.ready`` in the same cycle; same latency, II = 1).
 
     Ports:
     - ``i``: In stream of ``{values: BF16[B], first, last}``; ``first``/``last`` mark a reduction as for
@@ -116,8 +114,7 @@ class ActivationQuantizer(wiring.Component):
       last table row); cleared by ``clear_counters``.
     """
 
-    def __init__(self, *, block_size=16, max_channels=4096, pipeline_stages=1, flow_control="stall",
-                 passthrough=None):
+    def __init__(self, *, block_size=16, max_channels=4096, pipeline_stages=1, flow_control="stall"):
         check_parameters(block_size=block_size, max_channels=max_channels, pipeline_stages=pipeline_stages,
                          flow_control=flow_control)
         self._block_size = block_size
@@ -128,12 +125,9 @@ class ActivationQuantizer(wiring.Component):
         # A one-row table would have a zero-width row address, which Verilog tools reject; the second
         # row is never read.
         self._table_depth = max(self._rows, 2)
-        self._passthrough = passthrough
         block = block_layout(("nvfp4", "fp8"), block_size)
         in_fields = {"values": data.ArrayLayout(16, block_size), "first": 1, "last": 1}
         out_fields = {"block": block, "first": 1, "last": 1}
-        if passthrough is not None:
-            in_fields["passthrough"] = out_fields["passthrough"] = passthrough
         in_layout, out_layout = data.StructLayout(in_fields), data.StructLayout(out_fields)
         config_layout = configuration_layout(self._table_depth, block_size)
         super().__init__({
@@ -166,10 +160,6 @@ class ActivationQuantizer(wiring.Component):
         """The result FIFO's depth under credit flow control (0 under stall): latency + 1, so that blocks
         run at one per cycle while ``o`` is ready (a credit comes back on the edge after its result leaves)."""
         return self.latency + 1 if self._flow_control == "credit" else 0
-
-    @property
-    def passthrough(self):
-        return self._passthrough
 
     @property
     def latency(self):
@@ -219,8 +209,6 @@ class ActivationQuantizer(wiring.Component):
         # block, so a register write while blocks are in flight applies to later blocks only, for k and T
         # alike. The block's table row travels with it to the read (``_table_join``), and its codes after it.
         live = {"first": self.i.payload.first, "last": self.i.payload.last, "threshold": threshold}
-        if self._passthrough is not None:
-            live["passthrough"] = self.i.payload.passthrough.as_value()
         valid = pipeline.input_valid
         codes_read = [read.data[i] for i in range(B)]
         join = _table_join(cuts)
@@ -420,8 +408,6 @@ class ActivationQuantizer(wiring.Component):
         m.d.comb += [result.first.eq(live["first"]), result.last.eq(live["last"]), result.block.fp8.eq(fp8),
                      result.block.scale.eq(Mux(fp8, live["s8_used"], live["s4"]))]
         m.d.comb += [result.block.codes[i].eq(Mux(fp8, live["q8"][i], live["q4"][i])) for i in range(B)]
-        if self._passthrough is not None:
-            m.d.comb += result.passthrough.eq(live["passthrough"])
         pipeline.emit(valid, result)
         with m.If(self.o.valid & self.o.ready):
             with m.If(self.o.payload.block.fp8):

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from .actq import ActivationQuantizer, check_parameters
 from .dot import FORMATS, DotUnit, block_layout
+from .sidequeue import SideQueue
 from .skid import SkidBuffer
 
 __all__ = ["Engine"]
@@ -16,13 +17,14 @@ class Engine(wiring.Component):
     """Activation quantization unit -> skid buffer -> dot unit (docs/hardware.md, docs/interfaces.md).
 
     Weights are pre-quantized FGMP blocks streamed next to the activations: each input transfer carries
-    one BF16 activation block and the ``lanes`` weight blocks it meets. They ride through the activation
-    unit's pipeline unchanged (its ``passthrough``), so both arrive at the dot unit on the same cycle;
-    a weight memory or buffer in front of this stream is the integrator's choice. Under ``flow_control``
-    'stall' both units stall their whole pipeline on one enable, whose ready runs combinationally to their
-    input; under 'credit' both run their registers free and queue their results (each unit's own result
-    FIFO, the activation unit's carrying the weight blocks). Either way the skid buffer between them
-    registers the dot unit's ready, so no ready path crosses both units.
+    one BF16 activation block and the ``lanes`` weight blocks it meets. The weight blocks wait beside the
+    activation unit in a queue (``SideQueue``, block RAM) that is pushed when the activation unit takes
+    the block and popped when its quantized block leaves, so both reach the dot unit on the same cycle
+    without riding through the activation unit's registers; a weight memory or buffer in front of this
+    stream is the integrator's choice. Under ``flow_control`` 'stall' both units stall their whole
+    pipeline on one enable, whose ready runs combinationally to their input; under 'credit' both run
+    their registers free and queue their results in their own result FIFOs. Either way the skid buffer
+    between them registers the dot unit's ready, so no ready path crosses both units.
 
     Parameters (keyword-only): ``lanes``, ``block_size`` (16), ``max_channels`` (4096, the sensitivity
     table and so the longest reduction in elements), ``quantizer_stages`` (1) and ``dot_stages`` (1), the
@@ -42,8 +44,13 @@ class Engine(wiring.Component):
                             pipeline_stages=dot_stages, flow_control=flow_control)
         weights = data.ArrayLayout(block_layout(FORMATS, block_size), lanes)
         self._quantizer = ActivationQuantizer(block_size=block_size, max_channels=max_channels,
-                                              pipeline_stages=quantizer_stages, flow_control=flow_control,
-                                              passthrough=weights)
+                                              pipeline_stages=quantizer_stages, flow_control=flow_control)
+        # At most latency blocks are inside the activation unit under stall (one per register), and at
+        # most result_entries = latency + 1 under credit (one credit each).
+        # A result that can leave on the edge after its block was taken (latency 1, P = 0) needs the
+        # queue's asynchronous read.
+        self._weights = SideQueue(shape=weights, depth=self._quantizer.latency + 1,
+                                  registered_read=self._quantizer.latency > 1)
         self._skid = SkidBuffer(shape=self._dot.i.payload.shape())
         in_layout = data.StructLayout({"values": data.ArrayLayout(16, block_size), "weights": weights,
                                        "first": 1, "last": 1})
@@ -83,18 +90,21 @@ class Engine(wiring.Component):
         m.submodules.quantizer = quantizer = self._quantizer
         m.submodules.skid = skid = self._skid
         m.submodules.dot = dot = self._dot
+        m.submodules.weights = weights = self._weights
         m.d.comb += [
+            weights.w_en.eq(self.i.valid & quantizer.i.ready),
+            weights.w_data.eq(self.i.payload.weights),
+            weights.r_en.eq(quantizer.o.valid & skid.i.ready),
             quantizer.i.valid.eq(self.i.valid),
             self.i.ready.eq(quantizer.i.ready),
             quantizer.i.payload.values.eq(self.i.payload.values),
-            quantizer.i.payload.passthrough.eq(self.i.payload.weights),
             quantizer.i.payload.first.eq(self.i.payload.first),
             quantizer.i.payload.last.eq(self.i.payload.last),
             quantizer.config.eq(self.config),
             skid.i.valid.eq(quantizer.o.valid),
             quantizer.o.ready.eq(skid.i.ready),
             skid.i.payload.activation.eq(quantizer.o.payload.block),
-            skid.i.payload.weights.eq(quantizer.o.payload.passthrough),
+            skid.i.payload.weights.eq(weights.r_data),
             skid.i.payload.first.eq(quantizer.o.payload.first),
             skid.i.payload.last.eq(quantizer.o.payload.last),
             self.fp8_blocks.eq(quantizer.fp8_blocks),

@@ -12,6 +12,7 @@ import torch
 
 from fgmp.golden import quantize_activations
 from fgmp.hw.actq import MAX_PIPELINE_STAGES
+from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX_PIPELINE_STAGES
 from fgmp.sim.actq import run_engine_bench, run_quantizer_bench
 from fgmp.sim.actq_stimuli import random_bf16, random_configs
 from fgmp.sim.runner import SIMULATORS
@@ -51,15 +52,21 @@ def test_quantizer_bench(simulator, flow_control, tmp_path_factory, bench_report
     assert 0 < report["fp8_blocks"] < report["blocks"]
 
 
-# The engine fgmp e2e generates for a 192-input layer of the embedded model: one build serves both.
-ENGINE = {"lanes": 4, "max_channels": 192, "quantizer_stages": 1, "dot_stages": 1}
+# The engine fgmp e2e generates for a 192-input layer of the embedded model (one build serves both), and
+# the deepest engine under credit flow control (the weights' side queue with its registered read).
+ENGINES = {"e2e": {"lanes": 4, "max_channels": 192, "quantizer_stages": 1, "dot_stages": 1},
+           "deepest credit": {"lanes": 2, "max_channels": 64, "quantizer_stages": MAX_PIPELINE_STAGES,
+                              "dot_stages": DOT_MAX_PIPELINE_STAGES, "flow_control": "credit"}}
 
 
 @pytest.mark.cocotb
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("simulator", SIMULATORS)
-def test_engine_bench(simulator, tmp_path_factory, bench_reports):
-    result = run_engine_bench(ENGINE, simulator, tmp_path_factory.mktemp("cocotb"), tokens=10, channels=64,
+def test_engine_bench(simulator, engine, tmp_path_factory, bench_reports):
+    unit_params = ENGINES[engine]
+    result = run_engine_bench(unit_params, simulator, tmp_path_factory.mktemp("cocotb"), tokens=10, channels=64,
                               rounds=2, idle=0.25, backpressure=0.3)
     report = result.report
     bench_reports.append((simulator, report))
-    assert report["mismatches"] == 0 and report["checked"] == 2 * 10 * 4 + 2  # lane results + counters
+    assert report["mismatches"] == 0
+    assert report["checked"] == 2 * 10 * unit_params["lanes"] + 2  # lane results + counters

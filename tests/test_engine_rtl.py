@@ -1,6 +1,6 @@
 """The engine (activation quantization unit -> skid buffer -> dot unit) in amaranth.sim against the golden
 engine: BF16 activations and pre-quantized weights in, FP32 results out, bit for bit, under stalls; the
-skid buffer on its own."""
+skid buffer and the weights' side queue on their own."""
 
 import random
 
@@ -13,13 +13,14 @@ from fgmp import golden
 from fgmp.hw import DotUnit, Engine
 from fgmp.hw.actq import MAX_PIPELINE_STAGES
 from fgmp.hw.dot import MAX_PIPELINE_STAGES as DOT_MAX_PIPELINE_STAGES
+from fgmp.hw.sidequeue import SideQueue
 from fgmp.hw.skid import SkidBuffer
 from rtl_ops import rtl_engine
 
 
 @pytest.mark.parametrize("quantizer_stages,dot_stages,flow_control", [
     (0, 0, "stall"), (1, 1, "stall"), (3, 2, "stall"), (MAX_PIPELINE_STAGES, 1, "stall"), (0, 0, "credit"),
-    (MAX_PIPELINE_STAGES, DOT_MAX_PIPELINE_STAGES, "credit")])
+    (1, 0, "credit"), (MAX_PIPELINE_STAGES, DOT_MAX_PIPELINE_STAGES, "credit")])
 def test_engine_matches_golden_on_a_random_layer(quantizer_stages, dot_stages, flow_control):
     torch.manual_seed(quantizer_stages)
     rng = random.Random(dot_stages)
@@ -126,4 +127,62 @@ def test_skid_buffer_passes_every_transfer_once_in_order_with_a_registered_ready
 def test_skid_buffer_validates_its_shape(shape, error, message):
     with pytest.raises(error) as info:
         SkidBuffer(shape=shape)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("registered_read", [True, False])
+def test_side_queue_shows_each_entry_in_order_once_it_is_old_enough(registered_read):
+    """Random pushes (while fewer than ``depth`` are in flight) and pops (of a head old enough to show):
+    the head is every entry in push order, from the edge after its push with a registered read and
+    from its push edge with an asynchronous one, through full queues, wrap-arounds and pops on the same
+    edge as a push; the last stretch pushes and pops every cycle with the queue full (the push going to
+    the slot the pop frees)."""
+    dut = SideQueue(shape=12, depth=5, registered_read=registered_read)
+    delay = 1 if registered_read else 0
+    rng = random.Random(int(registered_read))
+    checked, steady_pushes = [], []
+
+    async def bench(ctx):
+        queue, sent = [], 0  # (value, edge it was pushed on)
+        for cycle in range(1500):
+            steady = cycle >= 1300
+            showing = bool(queue) and cycle - queue[0][1] > delay
+            if showing:
+                assert ctx.get(dut.r_data) == queue[0][0], f"wrong head in cycle {cycle}"
+                checked.append(queue[0][0])
+            pop = showing and ((steady and len(queue) == dut.depth) or (not steady and rng.random() < 0.5))
+            push = len(queue) - pop < dut.depth and (steady or rng.random() < 0.5)
+            value = rng.randrange(1 << 12)
+            ctx.set(dut.w_en, push)
+            ctx.set(dut.w_data, value)
+            ctx.set(dut.r_en, pop)
+            await ctx.tick()
+            if pop:
+                queue.pop(0)
+            if push:
+                queue.append((value, cycle))
+                sent += 1
+                if cycle >= 1350:
+                    steady_pushes.append(cycle)
+        assert sent > 600
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(checked) > 600
+    assert steady_pushes == list(range(1350, 1500)), "a full queue did not push and pop every cycle"
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(shape=0, depth=4), ValueError, "Entry shape must be at least 1 bit wide, not 0"),
+    (dict(shape="8", depth=4), TypeError, "Entry shape must be a shape-like object, not '8'"),
+    (dict(shape=8, depth=1), ValueError, "Queue depth must be at least 2, not 1"),
+    (dict(shape=8, depth=4.0), TypeError, "Queue depth must be an integer, not 4.0"),
+    (dict(shape=8, depth=True), TypeError, "Queue depth must be an integer, not True"),
+    (dict(shape=8, depth=4, registered_read=1), TypeError, "Registered read must be a bool, not 1"),
+])
+def test_side_queue_validates_its_parameters(kwargs, error, message):
+    with pytest.raises(error) as info:
+        SideQueue(**kwargs)
     assert str(info.value) == message
