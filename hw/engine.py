@@ -52,6 +52,10 @@ class Engine(wiring.Component):
         self._weights = SideQueue(shape=weights, depth=self._quantizer.latency + 1,
                                   registered_read=self._quantizer.latency > 1)
         self._skid = SkidBuffer(shape=self._dot.i.payload.shape())
+        # The parts are elaborated whenever the engine is; an engine built and never elaborated (to read
+        # its latency or check its parameters) warns once for itself, not once per part.
+        for part in (self._dot, self._quantizer, self._weights, self._skid):
+            part._MustUse__silence = True
         in_layout = data.StructLayout({"values": data.ArrayLayout(16, block_size), "weights": weights,
                                        "first": 1, "last": 1})
         super().__init__({
