@@ -60,8 +60,8 @@ def write_verilog(component, name, directory, *, params=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     text, key, stored = None, None, None
     if params is not None:
-        key = hashlib.sha256(repr((_generator_digest(), type(component).__qualname__, sorted(params.items()),
-                                   name)).encode()).hexdigest()
+        key = hashlib.sha256(repr((_generator_digest(), type(component).__module__, type(component).__qualname__,
+                                   sorted(params.items()), name)).encode()).hexdigest()
         store = os.environ.get(STORE_ENV)
         stored = Path(store) / "verilog" / f"{name}-{key[:24]}.v" if store else None
         with _CONVERT:

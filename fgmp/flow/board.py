@@ -27,7 +27,7 @@ from amaranth.lib.wiring import Out
 from fgmp.hw import DotUnit
 
 from .constraints import check_frequency
-from .pll import Ecp5Pll, Ice40Pll, ecp5_pll, ice40_pll
+from .pll import Ice40Pll, ecp5_pll, ice40_pll
 from .tools import FlowError, tool_path, warm_tool
 
 __all__ = ["BOARDS", "Board", "SelfTest", "BoardSelfTest", "build_bitstream", "check_board", "board_clock",
