@@ -76,6 +76,9 @@ class _Path:
     prefix: str
     a: Format
     b: Format
+    # Element products after the first in ones' complement (magnitude XOR sign), each negative one's +1
+    # entering the adder tree as a carry-in (``_products``, ``_tree``).
+    ones_complement: bool = False
 
     @property
     def product_bits(self):
@@ -101,7 +104,7 @@ class _Path:
 
 # The paths a datapath runs, widest first; a pairing runs on the path of its element formats.
 _WIDE, _WIDE_FP4 = _Path("", E4M3, E4M3), _Path("", E2M1, E2M1)
-_NARROW = _Path("n", E2M1, E2M1)  # FP4 x FP4
+_NARROW = _Path("n", E2M1, E2M1, ones_complement=True)  # FP4 x FP4
 
 
 class DotUnit(wiring.Component):
@@ -242,7 +245,8 @@ class DotUnit(wiring.Component):
     def _decode_element(self, m, name, code, fp8, *, narrow=False):
         """({format: (sign, significand, exponent)}, NaN flag) of one element. The widest path's format
         (E4M3 whenever FP8 is enabled, NVFP4 elements promoted into it; else E2M1) is always there;
-        ``narrow`` adds the E2M1 form for the split datapath's narrow path."""
+        ``narrow`` adds the E2M1 code for the split datapath's narrow path, which holds codes and decodes
+        them after its operand registers."""
         fmt = self._element_format
         sign = Signal(name=f"{name}_sign")
         significand = Signal(fmt.significand_bits, name=f"{name}_sig")
@@ -269,7 +273,7 @@ class DotUnit(wiring.Component):
                 m.d.comb += nan.eq(decoded.nan)
         forms = {fmt: (sign, significand, exponent)}
         if narrow:
-            forms[E2M1] = (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
+            forms[E2M1] = (code[:E2M1.code_bits],)
         return forms, fp8 & nan
 
     def _decode_scale(self, m, name, code):
@@ -299,20 +303,26 @@ class DotUnit(wiring.Component):
             sign = Signal(name=f"{path.prefix}p{lane}_{i}_sign")
             flipped = Signal(len(xsig), name=f"{path.prefix}p{lane}_{i}_xsig")
             shift = Signal(range(path.max_shift + 1), name=f"{path.prefix}p{lane}_{i}_shift")
-            m.d.comb += [sign.eq(xs ^ ws), flipped.eq(xsig ^ sign.replicate(len(xsig))), shift.eq(wexp + xexp - 2)]
+            # A ones' complement element (``_products``) multiplies the magnitudes: its significand unflipped,
+            # and a zero product positive, so that signed zeros do not toggle the tree (all ones, carry 1).
+            ones = path.ones_complement and i > 0
+            m.d.comb += [sign.eq((xs ^ ws) & xsig.any() & wsig.any() if ones else xs ^ ws),
+                         flipped.eq(xsig if ones else xsig ^ sign.replicate(len(xsig))), shift.eq(wexp + xexp - 2)]
             inputs.append((sign, flipped, wsig, shift))
         return inputs
 
     @staticmethod
-    def _hold_operands(m, load, lane, path, operands, scale, weight_fp8=None):
+    def _hold_operands(m, load, lane, path, operands, scale, weight_fp8=None,
+                       roles=("a_sign", "a_sig", "a_exp", "b_code")):
         """The path's operand registers: loaded only when ``load`` (the lane's pair runs on this path),
         held otherwise, so the path's logic sees no new values in the cycles it is not used. Per element
         the decoded activation element and the weight's code; per lane the scale product and, on a path
-        that takes both formats, the weight block's precision bit."""
+        that takes both formats, the weight block's precision bit. The narrow path holds the activation's
+        code too (``roles`` a_code, b_code)."""
         held = []
         for i, fields in enumerate(operands):
             registers = []
-            for role, value in zip(("a_sign", "a_sig", "a_exp", "b_code"), fields):
+            for role, value in zip(roles, fields):
                 # No reset: a path's result is used only after its operands were loaded. Decoded exponents
                 # are >= 1 (numerics §7) and code 0 decodes to exponent 1, so from power-up a path holds a
                 # valid zero operand and its product alignment does not move when the path first runs.
@@ -355,7 +365,7 @@ class DotUnit(wiring.Component):
         x_decoded = [self._decode_element(m, f"x{i}", payload.activation.codes[i], activation_fp8, narrow=split)
                      for i in range(self._block_size)]
         x_elements = [{fmt: tuple(named(value, f"x{i}_{fmt.name.lower()}_{role}")
-                                  for value, role in zip(form, ("sign", "sig", "exp")))
+                                  for value, role in zip(form, ("sign", "sig", "exp") if len(form) == 3 else ("code",)))
                        for fmt, form in forms.items()} for i, (forms, _) in enumerate(x_decoded)]
         x_scale = self._decode_scale(m, "x_scale", payload.activation.scale)
         # NaN flags per element, reduced after the decode cut (_nan_flags): an OR over every element of
@@ -454,23 +464,30 @@ class DotUnit(wiring.Component):
                 code_bits = E4M3.code_bits if wide else E2M1.code_bits
                 operands = [x_forms[path.a] + (code[:code_bits],) for x_forms, code in zip(decoded["x"], state["w"]["codes"])]
                 held, scale, fp8 = self._hold_operands(m, enable & valid & load, lane, path, operands, state["scale"],
-                                                       state["w"]["fp8"] if wide else None)
+                                                       state["w"]["fp8"] if wide else None,
+                                                       **({} if wide else {"roles": ("a_code", "b_code")}))
                 elements = []
                 for i, (*x_element, code) in enumerate(held):
                     if wide:
                         forms, _ = self._decode_element(m, f"w{lane}_{i}", code, fp8)
-                        w_element = forms[path.b]
+                        elements.append(tuple(x_element) + forms[path.b])
                     else:
-                        m.submodules[f"nw{lane}_{i}_e2m1"] = e2m1 = Decoder(format=E2M1)
-                        m.d.comb += e2m1.code.eq(code)
-                        w_element = (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
-                    elements.append(tuple(x_element) + w_element)
+                        # Both codes decoded after the registers: an idle path's decoders hold still.
+                        element = ()
+                        for role, operand in (("x", x_element[0]), ("w", code)):
+                            m.submodules[f"n{role}{lane}_{i}_e2m1"] = e2m1 = Decoder(format=E2M1)
+                            m.d.comb += e2m1.code.eq(operand)
+                            element += (e2m1.decoded.sign, e2m1.decoded.significand, e2m1.decoded.exponent)
+                        elements.append(element)
                 by_path[path.prefix] = (self._multiplier_inputs(m, lane, path, elements), scale)
             lanes.append(by_path)
         return lanes, self._control(decoded)
 
     def _products(self, m, stage, valid, lanes, control):
-        """Element products of every lane and path: signed significand product, then the alignment shift."""
+        """Element products of every lane and path: signed significand product, then the alignment shift.
+        A ones' complement path (the split datapath's FP4xFP4 one) multiplies magnitudes instead and
+        applies each sign after the shift as an XOR, handing the tree the signs to add back (the
+        first element stays two's complement: B elements, B - 1 adders)."""
         multiplied = []
         for lane, by_path in enumerate(lanes):
             per_path = {}
@@ -478,6 +495,12 @@ class DotUnit(wiring.Component):
                 operands, scale = by_path[path.prefix]
                 elements = []
                 for i, (sign, flipped, wsig, shift) in enumerate(operands):
+                    if path.ones_complement and i > 0:
+                        # The magnitudes' product; its sign is applied after the alignment shift (below).
+                        significand = Signal(len(wsig) + len(flipped), name=f"{path.prefix}m{lane}_{i}")
+                        m.d.comb += significand.eq(flipped * wsig)
+                        elements.append((significand, shift, sign))
+                        continue
                     # Signed before the alignment shift, and without a negation: with the activation
                     # significand's bits flipped, (sign, flipped) is -x - 1 in two's complement, and
                     # -(x * w) = (-x - 1) * w + w, so the product and the correction are one multiply-add.
@@ -492,24 +515,39 @@ class DotUnit(wiring.Component):
             by_path = {}
             for path in self._paths:
                 elements, scale = per_path[path.prefix]
-                products = []
-                for i, (significand, shift) in enumerate(elements):
-                    product = Signal(signed(path.product_bits + 1), name=f"{path.prefix}p{lane}_{i}")
+                products, carries = [], []
+                for i, (significand, shift, *sign) in enumerate(elements):
+                    if sign:
+                        # The magnitude, its sign beside it: the tree applies the sign (``_tree``). Through the
+                        # ``products`` cut that is as many flip-flops as the signed product would take.
+                        product = Signal(path.product_bits, name=f"{path.prefix}p{lane}_{i}")
+                        carries.append(sign[0])
+                    else:
+                        product = Signal(signed(path.product_bits + 1), name=f"{path.prefix}p{lane}_{i}")
                     m.d.comb += product.eq(significand << shift)
                     products.append(product)
-                by_path[path.prefix] = (products, scale)
+                by_path[path.prefix] = (products, scale, carries)
             aligned.append(by_path)
         return valid, aligned, control
 
     def _tree(self, m, stage, valid, lanes, control):
-        """Balanced adder trees, log2(B) levels, per lane and path; the ``tree_mid`` cut halves them."""
+        """Balanced adder trees, log2(B) levels, per lane and path; the ``tree_mid`` cut halves them. On a
+        ones' complement path each adder takes one element's sign as its carry-in (the +1 that makes
+        that element's -|p| - 1 the two's complement -|p|)."""
         levels = _ceil_log2(self._block_size)
-        values = [{prefix: list(products) for prefix, (products, _) in by_path.items()} for by_path in lanes]
+        # A ones' complement path's elements after the first are magnitudes with their signs (``_products``):
+        # each magnitude XOR its sign, -|p| - 1 when negative, and the sign the carry-in of one adder.
+        values = [{prefix: products[:len(products) - len(signs)]
+                   + [(Cat(magnitude, 0) ^ sign.replicate(len(magnitude) + 1)).as_signed()
+                      for magnitude, sign in zip(products[len(products) - len(signs):], signs)]
+                   for prefix, (products, _, signs) in by_path.items()} for by_path in lanes]
+        carries = [{prefix: list(signs) for prefix, (_, _, signs) in by_path.items()} for by_path in lanes]
         middle = levels // 2
 
         def cut_middle(valid, values, lanes, control):
-            scales = [{prefix: scale for prefix, (_, scale) in by_path.items()} for by_path in lanes]
-            valid, (values, scales, control) = stage("tree_mid", valid, (values, scales, control))
+            nonlocal carries
+            scales = [{prefix: scale for prefix, (_, scale, *_) in by_path.items()} for by_path in lanes]
+            valid, (values, scales, control, carries) = stage("tree_mid", valid, (values, scales, control, carries))
             return valid, values, [{prefix: (None, scale) for prefix, scale in by_path.items()} for by_path in scales], control
 
         for level in range(levels):
@@ -519,16 +557,21 @@ class DotUnit(wiring.Component):
                 for path in self._paths:
                     width = path.block_sum_bits(self._block_size) + 1
                     terms = by_path[path.prefix]
+                    pending = carries[lane][path.prefix]
                     paired = []
                     for k in range(0, len(terms) - 1, 2):
                         total = Signal(signed(width), name=f"{path.prefix}t{lane}_l{level}_{k // 2}")
-                        m.d.comb += total.eq(terms[k] + terms[k + 1])
+                        if pending:
+                            m.d.comb += total.eq(terms[k] + terms[k + 1] + pending.pop(0))
+                        else:
+                            m.d.comb += total.eq(terms[k] + terms[k + 1])
                         paired.append(total)
                     if len(terms) % 2:
                         paired.append(terms[-1])
                     by_path[path.prefix] = paired
         if middle == levels:  # B = 1: no adder, the cut still takes its cycle
             valid, values, lanes, control = cut_middle(valid, values, lanes, control)
+        assert not any(signs for by_path in carries for signs in by_path.values())
         return valid, [{prefix: (sums[0], lanes[lane][prefix][1]) for prefix, sums in by_path.items()}
                        for lane, by_path in enumerate(values)], control
 
@@ -778,8 +821,15 @@ class DotUnit(wiring.Component):
         valid, decoded = self._decode(m, stage, pipeline.input_valid)
         if self._datapath != "shared":
             lanes, control = self._split_operands(m, enable, valid, decoded)
-            valid, control = pipeline.stage(valid, control, True)
-            control = self._nan_flags(m, control)
+            if "decode" in self.cuts:
+                valid, control = pipeline.stage(valid, control, True)
+                control = self._nan_flags(m, control)
+            else:
+                # Without the decode cut the operand registers are a register the other units do not
+                # have, not a timing cut: the NaN flags are reduced before it (L flip-flops instead of
+                # (L + 1)(B + 1)), as the shared unit reduces them in the stage of its decoders.
+                control = self._nan_flags(m, control)
+                valid, control = pipeline.stage(valid, control, True)
         else:
             wide = self._paths[0]
             lanes = [{wide.prefix: (self._multiplier_inputs(m, lane, wide, self._operands(wide, decoded["x"], state["w"])),
