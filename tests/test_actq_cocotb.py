@@ -54,7 +54,8 @@ def test_quantizer_bench(simulator, flow_control, tmp_path_factory, bench_report
 
 # The engine fgmp e2e generates for a 192-input layer of the embedded model (one build serves both), and
 # the deepest engine under credit flow control (the weights' side queue with its registered read).
-ENGINES = {"e2e": {"lanes": 4, "max_channels": 192, "quantizer_stages": 1, "dot_stages": 1},
+ENGINE = {"lanes": 4, "max_channels": 192, "quantizer_stages": 1, "dot_stages": 1}
+ENGINES = {"e2e": ENGINE,
            "deepest credit": {"lanes": 2, "max_channels": 64, "quantizer_stages": MAX_PIPELINE_STAGES,
                               "dot_stages": DOT_MAX_PIPELINE_STAGES, "flow_control": "credit"}}
 
