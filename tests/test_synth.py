@@ -15,7 +15,7 @@ from fgmp.flow import constraints as constraints_module
 from fgmp.flow.area import check_targets, synthesize, synthesize_verilog
 from fgmp.flow.constraints import (check_frequency, check_sdc, harness_constraints, unit_constraints,
                                    verilog_ports)
-from fgmp.flow.sweep import VARIANTS, area_sweep
+from fgmp.flow.sweep import VARIANTS, area_sweep, timing_sweep
 from fgmp.flow.groups import GROUP_RULES
 from fgmp.flow.timing import _critical_path, check_fit, check_parts
 from fgmp.flow.tools import DoesNotFit, FlowError
@@ -149,6 +149,31 @@ def test_timing_with_router2_has_its_own_point(tmp_path):
         place_and_route(make_unit("decoder", format="e2m1"), "ice40-up5k", tmp_path / "x", router="router3")
 
 
+def test_timing_with_several_seeds_places_each_point_once_per_seed(tmp_path, monkeypatch, capsys):
+    """--seeds reaches nextpnr, each seed's point has its own directory (seed 1 keeps the plain one) and
+    the table tells the rows apart."""
+    from fgmp.flow import timing
+
+    seeds = []
+
+    def recording_run_tool(tool, args, **kwargs):
+        if tool.startswith("yowasp-nextpnr"):
+            seeds.append(args[args.index("--seed") + 1])
+        return run_tool(tool, args, **kwargs)
+
+    run_tool = timing.run_tool
+    monkeypatch.setattr(timing, "run_tool", recording_run_tool)
+    assert main(["timing", "decoder", "--format", "e2m1", "--parts", "ice40-up5k", "--seeds", "1", "3",
+                 "--out", str(tmp_path)]) == 0
+    assert sorted(map(int, seeds)) == [1, 3]
+    results = json.loads((tmp_path / "timing.json").read_text())
+    assert [r["seed"] for r in results] == [1, 3] and all(r["fmax_mhz"] > 0 for r in results)
+    assert (tmp_path / "e2m1_decoder" / "ice40-up5k" / "result.json").is_file()
+    assert (tmp_path / "e2m1_decoder" / "ice40-up5k-s3" / "result.json").is_file()
+    assert "| ice40-up5k (seed 3) |" in (tmp_path / "timing.md").read_text()
+    assert "e2m1_decoder on ice40-up5k (seed 3): " in capsys.readouterr().out
+
+
 def test_a_broken_pcf_fails_place_and_route(tmp_path, monkeypatch):
     """The constraint file reaches nextpnr: a pin that does not exist on the package stops the flow."""
     broken = tmp_path / "constraints"
@@ -270,6 +295,10 @@ def test_constraints_command_writes_checked_files(tmp_path, capsys):
     (lambda: check_parts("ecp5-85f"), TypeError, "Parts must be a sequence of part names, not 'ecp5-85f'"),
     (lambda: check_frequency(0), ValueError, "Frequency must be above 0 and at most 1000 MHz, not 0"),
     (lambda: check_frequency("fast"), TypeError, "Frequency must be a number of MHz, not 'fast'"),
+    (lambda: timing_sweep([("decoder", {"format": "e2m1"})], ["ice40-up5k"], "out", seeds=[1, 0]), ValueError,
+     "Seed must be at least 1, not 0"),
+    (lambda: timing_sweep([("decoder", {"format": "e2m1"})], ["ice40-up5k"], "out", seeds=["2"]), TypeError,
+     "Seed must be an integer, not '2'"),
 ])
 def test_parameter_errors(call, error, message):
     with pytest.raises(error, match=f"^{re.escape(message)}$"):

@@ -140,11 +140,11 @@ def _timing(args):
     parts = check_parts(args.parts)
     freq = check_frequency(args.freq)
     configs = _configs(args)
-    progress = lambda r: print(f"  {r.unit} on {r.part}: "
+    progress = lambda r: print(f"  {r.unit} on {r.part}{f' (seed {r.seed})' if r.seed != 1 else ''}: "
                                + (f"{r.fmax_mhz:.1f} MHz (target {r.target_mhz:g})" if r.fmax_mhz else "does not fit"),
                                flush=True)
     results = timing_sweep(configs, parts, args.out, freq=freq, reuse=args.reuse, jobs=args.jobs, router=args.router,
-                           progress=progress)
+                           seeds=args.seeds, progress=progress)
     tables = [("Fmax and utilisation after place and route (unit + timing harness)", timing_table(results))]
     _print_tables(tables)
     _write(args.out, "timing", [r.as_dict() for r in results], tables)
@@ -236,6 +236,9 @@ def add_commands(commands):
     timing.add_argument("--jobs", type=int, default=1)
     timing.add_argument("--router", choices=ROUTERS, default="router1",
                         help="nextpnr's router (default router1; router2 routes the largest units far faster)")
+    timing.add_argument("--seeds", type=int, nargs="+", default=[1],
+                        help="nextpnr's placement seeds (default 1; several place each point once per seed, to tell "
+                             "a design change from placement noise)")
     timing.set_defaults(func=_guarded(_timing))
 
     constraints = commands.add_parser("constraints", help="SDC and XDC for a generated top")

@@ -147,7 +147,8 @@ def timing_table(results):
         dsp = "MULT18X18D" if "LUT4" in r.utilization else "SB_MAC16"
         gmacs = None if r.gmacs is None else round(r.gmacs, 2)
         per_klut = None if r.gmacs_per_klut is None else f"{r.gmacs_per_klut:.3f}"
-        part = r.part if r.router == "router1" else f"{r.part} ({r.router})"
+        notes = [*([r.router] if r.router != "router1" else []), *([f"seed {r.seed}"] if r.seed != 1 else [])]
+        part = f"{r.part} ({', '.join(notes)})" if notes else r.part
         rows.append([r.unit, part, _stages(r), r.latency, round(r.fmax_mhz, 1), r.target_mhz,
                      "yes" if r.met else "no", used(logic), used("FF"), used(dsp), r.unit_lut4, r.unit_dsp or 0,
                      gmacs, per_klut, r.critical_path, _harness(r), round(r.seconds)])

@@ -8,7 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from .area import synthesize
-from .timing import TimingResult, check_router, place_and_route, target_frequency
+from .timing import TimingResult, check_router, check_seed, place_and_route, target_frequency
 from .tools import DoesNotFit
 from .units import DOT_VARIANTS as VARIANTS, make_unit
 
@@ -39,15 +39,17 @@ def _area_point(kind, params, target, out, reuse):
     return synthesize(unit, target, Path(out) / unit.slug / target, reuse=reuse)
 
 
-def _timing_point(kind, params, part, out, freq, reuse, router):
+def _timing_point(kind, params, part, out, freq, reuse, router, seed):
     unit = make_unit(kind, **params)
     if freq is None:
         freq = target_frequency(kind, part)
-    workdir = Path(out) / unit.slug / (part if router == "router1" else f"{part}-{router}")
+    # Seed 1 and router1 add nothing to the directory, so the points run before either choice stay where they are.
+    workdir = Path(out) / unit.slug / "-".join([part, *([router] if router != "router1" else []),
+                                                 *([f"s{seed}"] if seed != 1 else [])])
     try:
-        return place_and_route(unit, part, workdir, freq_mhz=freq, router=router, reuse=reuse)
+        return place_and_route(unit, part, workdir, freq_mhz=freq, seed=seed, router=router, reuse=reuse)
     except DoesNotFit as error:
-        return TimingResult.not_fitted(unit, part, error)
+        return TimingResult.not_fitted(unit, part, error, router=router, seed=seed)
 
 
 def _run(function, points, jobs, progress):
@@ -74,13 +76,17 @@ def area_sweep(configs, targets, out, *, reuse=False, jobs=1, progress=lambda re
     return _run(_area_point, points, jobs, progress)
 
 
-def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, router="router1",
+def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, router="router1", seeds=(1,),
                  progress=lambda result: None):
     """TimingResults of every (config, part); a point that does not fit has no Fmax and says why.
     ``freq`` None constrains each point at its unit's target on the part (``TARGET_MHZ``), or at the
-    constraint file's clock where the unit has none. ``router``: nextpnr's (``timing.ROUTERS``)."""
+    constraint file's clock where the unit has none. ``router``: nextpnr's (``timing.ROUTERS``); ``seeds``:
+    nextpnr's placement seeds, each point placed once per seed."""
     for kind, params in configs:
         _validate(kind, params)
     check_router(router)  # before any point runs
-    points = [(kind, params, part, out, freq, reuse, router) for kind, params in configs for part in parts]
+    for seed in seeds:
+        check_seed(seed)
+    points = [(kind, params, part, out, freq, reuse, router, seed)
+              for kind, params in configs for part in parts for seed in seeds]
     return _run(_timing_point, points, jobs, progress)

@@ -22,7 +22,7 @@ from .tools import KEEP_REGISTERS, DoesNotFit, FlowError, cache_key, check_names
 
 __all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit", "TARGET_MHZ",
            "target_frequency", "gmacs_per_klut", "ROUTERS",
-           "check_router"]
+           "check_router", "check_seed"]
 
 HARNESS_TOP = "fgmp_timing"
 
@@ -104,6 +104,7 @@ class TimingResult:
     latency: int = None  # cycles (the unit's latency property)
     macs_per_cycle: int = None  # lanes x block size for the dot unit and the engine
     router: str = "router1"  # nextpnr's router (ROUTERS)
+    seed: int = 1  # nextpnr's placement seed
 
     @property
     def met(self):
@@ -127,10 +128,10 @@ class TimingResult:
         return gmacs_per_klut(self.fmax_mhz, self.macs_per_cycle, self.unit_lut4)
 
     @classmethod
-    def not_fitted(cls, unit, part, error):
+    def not_fitted(cls, unit, part, error, *, router="router1", seed=1):
         return cls(unit=unit.label, top=unit.top, part=part, pipeline_stages=unit.pipeline_stages, fmax_mhz=None,
                    target_mhz=None, utilization={}, unit_cells={}, harness_cells={}, error=str(error),
-                   kind=unit.kind, latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
+                   kind=unit.kind, latency=unit.latency, macs_per_cycle=unit.macs_per_cycle, router=router, seed=seed)
 
     def as_dict(self):
         fmax = None if self.fmax_mhz is None else round(self.fmax_mhz, 2)
@@ -142,7 +143,7 @@ class TimingResult:
                 "critical_path": self.critical_path, "error": self.error,
                 "seconds": round(self.seconds, 1), "kind": self.kind, "latency": self.latency,
                 "macs_per_cycle": self.macs_per_cycle, "unit_lut4": self.unit_lut4, "unit_dsp": self.unit_dsp,
-                "gmacs": self.gmacs, "gmacs_per_klut": self.gmacs_per_klut, "router": self.router}
+                "gmacs": self.gmacs, "gmacs_per_klut": self.gmacs_per_klut, "router": self.router, "seed": self.seed}
 
 
 def _synthesize(harness, verilog, part, workdir):
@@ -168,6 +169,16 @@ def _synthesize(harness, verilog, part, workdir):
 ROUTERS = ("router1", "router2")
 
 
+def check_seed(seed):
+    """nextpnr's placement seed: one netlist placed with several seeds shows how much of a change in Fmax
+    is placement noise (docs/hardware.md)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"Seed must be an integer, not {seed!r}")
+    if seed < 1:
+        raise ValueError(f"Seed must be at least 1, not {seed}")
+    return seed
+
+
 def check_router(router):
     if router not in ROUTERS:
         raise ValueError(f"Unknown router {router!r}; choose from {', '.join(ROUTERS)}")
@@ -179,6 +190,7 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, router="
     returns a TimingResult. Raises DoesNotFit when the part lacks the resources, FlowError for any other
     tool failure."""
     check_router(router)
+    check_seed(seed)
     part = PARTS[check_parts([part_name])[0]]
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -224,7 +236,7 @@ def place_and_route(unit, part_name, workdir, *, freq_mhz=None, seed=1, router="
                           fmax_mhz=clock["achieved"], target_mhz=target, utilization=utilization,
                           unit_cells=unit_cells, harness_cells=harness_cells, harness_bits=bits,
                           seconds=time.perf_counter() - start, constraints=str(constraints), router=router,
-                          critical_path=_critical_path(report, GROUP_RULES[unit.kind]), kind=unit.kind,
+                          seed=seed, critical_path=_critical_path(report, GROUP_RULES[unit.kind]), kind=unit.kind,
                           latency=unit.latency, macs_per_cycle=unit.macs_per_cycle)
     store_cached(workdir, key, dataclasses.asdict(result))
     return result
