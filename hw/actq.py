@@ -435,13 +435,11 @@ _DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "am
 
 def _table_join(cuts):
     """The cut whose register the sensitivity table's synchronous read stands in for (None without cuts:
-    the read is asynchronous): late, as the score terms are the codes' only use, but two cuts before the
-    last placed before them where there are three (one where there are two), so that the next cut
-    registers the read's data as it comes out (an ECP5 block RAM's clock-to-output alone is 5.6 ns) and
-    the one after can sit beside the score terms, away from the block RAM column (at P = 39 the codes'
-    single register was 4.0 ns of routing from its term's logic)."""
+    the read is asynchronous): late, as the score terms are the codes' only use, but one cut before the
+    last placed before them where there are two, so that the next cut registers the read's data as it
+    comes out (an ECP5 block RAM's clock-to-output alone is 5.6 ns)."""
     placed = [name for name in _DATAFLOW[:_DATAFLOW.index("terms")] if name in cuts]
-    return placed[-min(len(placed), 3)] if placed else None
+    return placed[-2] if len(placed) >= 2 else (placed[-1] if placed else None)
 
 
 # The restoring divisions' quotient bits (9, MSB first) in chunks, and the cut after each: the scales' in
