@@ -10,7 +10,7 @@ from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, q
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
-from .pipeline import StallPipeline, check_count, check_flow_control, check_pipeline_stages, copies
+from .pipeline import StallPipeline, check_count, check_flow_control, check_pipeline_stages
 
 __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_parameters"]
 
@@ -301,22 +301,19 @@ class ActivationQuantizer(wiring.Component):
         s8_decoded = decode_scale(m, live["s8_used"], "s8_dec")
         s4_sig, s4_exp = normalized_scale(m, s4_decoded, "s4_dec")
         s8_sig, s8_exp = normalized_scale(m, s8_decoded, "s8_dec")
-        # The divisors reach all B elements in every division stage: one copy per element, so that each
-        # element's chain of division stages has its own divisor registers beside it.
-        live["divisors"] = [{"s4": (s4, e4), "s8": (s8, e8)} for s4, e4, s8, e8 in zip(
-            copies(m, s4_sig, B, "s4_dec_div"), copies(m, s4_exp, B, "s4_dec_div_exp"),
-            copies(m, s8_sig, B, "s8_dec_div"), copies(m, s8_exp, B, "s8_dec_div_exp"))]
+        live["divisors"] = {"s4": (s4_sig, s4_exp), "s8": (s8_sig, s8_exp)}
         live["gap"] = scale_gap(m, s4_decoded, s8_decoded, "d")
         cut("divisors")
-        for i, (element, divisors) in enumerate(zip(live["elements"], live["divisors"])):
-            (s4_sig, s4_exp), (s8_sig, s8_exp) = divisors["s4"], divisors["s8"]
+        (s4_sig, s4_exp), (s8_sig, s8_exp) = live["divisors"]["s4"], live["divisors"]["s8"]
+        live["divisors"] = (s4_sig, s8_sig)
+        for i, element in enumerate(live["elements"]):
             element["div4"] = {"base": ratio_base(m, element["exp"], s4_exp, E2M1, f"q4_{i}"),
                                **_start_division(m, element["sig"], 4, f"q4_{i}")}
             element["div8"] = {"base": ratio_base(m, element.pop("exp"), s8_exp, E4M3, f"q8_{i}"),
                                **_start_division(m, element["sig"], 4, f"q8_{i}")}
-        live["divisors"] = [(divisors["s4"][0], divisors["s8"][0]) for divisors in live["divisors"]]
         for positions, name in _QUOTIENT_CHUNKS:
-            for i, (element, (s4_sig, s8_sig)) in enumerate(zip(live["elements"], live["divisors"])):
+            s4_sig, s8_sig = live["divisors"]
+            for i, element in enumerate(live["elements"]):
                 element["div4"] = _divide_chunk(m, element["sig"], element["div4"], s4_sig, positions, f"q4_{i}")
                 element["div8"] = _divide_chunk(m, element["sig"], element["div8"], s8_sig, positions, f"q8_{i}")
             cut(name)
@@ -370,27 +367,23 @@ class ActivationQuantizer(wiring.Component):
         terms = [score_term(m, live["f"][i], squared, shift, s8_exponent, i, in_logic=True)
                  for i, (squared, shift) in enumerate(live.pop("squares"))]
         del live["f"]
-        # Each term feeds its leading-one detection now and its window three stages on: a register of its
-        # own for each, so that neither pulls the other's register away from its logic.
-        live["terms"], live["terms_lod"] = map(list, zip(*[
-            tuple(zip(copies(m, tm, 2, f"tm{i}"), copies(m, te, 2, f"te{i}"))) for i, (tm, te) in enumerate(terms)]))
+        live["terms"] = terms
         cut("terms")
 
         # Window the terms below the largest one (its leading position E), sum, compare with T. The maximum
         # and the sum are trees, each cut after its first half of levels.
         first_levels = ((B - 1).bit_length() + 1) // 2
-        live["leading"] = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live.pop("terms_lod"))]
+        live["leading"] = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live["terms"])]
         cut("leading")
         larger = lambda a, b, name: _larger(m, a, b, name)  # noqa: E731
         live["leading"] = _tree_levels(live["leading"], larger, "top", 0, first_levels)
         cut("top_mid")
-        # E reaches every element's window and T's frame: a copy for each.
-        live["top"] = copies(m, _tree_levels(live.pop("leading"), larger, "top", first_levels, None)[0], B + 1, "top0")
+        live["top"] = _tree_levels(live.pop("leading"), larger, "top", first_levels, None)[0]
         cut("top")
         # T's side of the compare needs only E: formed beside the window and sum, it travels with them.
-        *tops, frame_top = live.pop("top")
-        live["frame"] = threshold_frame(m, frame_top, live.pop("threshold"), score_width(B))
-        live["units"] = [windowed_term(m, tm, te, top, i) for i, ((tm, te), top) in enumerate(zip(live.pop("terms"), tops))]
+        top = live.pop("top")
+        live["frame"] = threshold_frame(m, top, live.pop("threshold"), score_width(B))
+        live["units"] = [windowed_term(m, tm, te, top, i) for i, (tm, te) in enumerate(live.pop("terms"))]
         cut("window")
         add = lambda a, b, name: _sum(m, a, b, name)  # noqa: E731
         live["units"] = _tree_levels(live["units"], add, "score_l", 0, first_levels)

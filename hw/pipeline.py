@@ -1,10 +1,9 @@
 """What the streaming units share: parameter checks and the pipeline disciplines (global stall, credits)."""
 
 from amaranth import Const, ResetSignal, Signal
+from amaranth.lib.fifo import SyncFIFO
 
-from .sidequeue import SideQueue
-
-__all__ = ["FLOW_CONTROLS", "check_count", "check_flow_control", "check_pipeline_stages", "copies", "StallPipeline"]
+__all__ = ["FLOW_CONTROLS", "check_count", "check_flow_control", "check_pipeline_stages", "StallPipeline"]
 
 
 def check_count(name, value, minimum):
@@ -20,18 +19,6 @@ def check_pipeline_stages(value, maximum):
         raise TypeError(f"Pipeline stages must be an integer, not {value!r}")
     if not 0 <= value <= maximum:
         raise ValueError(f"Pipeline stages must be between 0 and {maximum}, not {value}")
-
-
-def copies(m, value, count, name):
-    """``count`` named copies of ``value`` for consumers far apart on a die. Where a cut registers them,
-    each is its own register, which placement can put next to its consumers: ``cut`` marks those registers
-    ``keep``, since synthesis merges registers with equal inputs (Yosys keeps cells, not wires: the flow
-    sets the mark on the flip-flop that drives a marked wire). Without a cut they are plain wires: a
-    ``keep`` there would only stop logic from merging across them."""
-    check_count("Copies", count, 1)
-    wires = [Signal.like(value, name=f"{name}_copy{k}", attrs={"fgmp_copy": 1}) for k in range(count)]
-    m.d.comb += [wire.eq(value) for wire in wires]
-    return wires
 
 
 # stall: one clock enable for every register, low while a result waits for the sink. credit: the registers
@@ -53,13 +40,11 @@ class StallPipeline:
     finished result waits for the sink (``o.valid & ~o.ready``), which also drives ``i.ready``.
 
     Credits (``credits`` > 0): the registers advance every cycle (the enable is the constant 1, so no
-    clock enable fans out to them) and results go to a queue of ``credits`` entries that ``o`` reads.
+    clock enable fans out to them) and results go to a FIFO of ``credits`` entries that ``o`` reads.
     An input taken while ``reserves`` is true (one that will produce a result) takes a credit; a result
     leaving ``o`` gives it back; ``i.ready`` is "a credit is left", a register compare, so no path runs
-    from ``o.ready`` to ``i.ready``. A result is written to the queue on the edge that would have
-    registered it into ``o``, and the queue shows it from that edge: the latency is the same. The
-    credits already guarantee the queue a free entry, so its write is not gated by its fill level (a
-    ``SyncFIFO``'s is): the wide LUT RAM's write enable comes straight from the last stage's valid bit.
+    from ``o.ready`` to ``i.ready``. A result is written to the FIFO on the edge that would have
+    registered it into ``o``, and the FIFO shows it from that edge: the latency is the same.
 
     Either way, not ready during reset: a block offered then would look taken but be lost."""
 
@@ -73,17 +58,15 @@ class StallPipeline:
             self._results = None
             return
         self.enable = Const(1)
-        m.submodules.results = self._results = results = SideQueue(
-            shape=len(o.payload.as_value()), depth=max(credits, 2), registered_read=False)
+        m.submodules.results = self._results = results = SyncFIFO(width=len(o.payload.as_value()), depth=credits)
         left = Signal(range(credits + 1), init=credits, name="credits")
         m.d.comb += i.ready.eq((left != 0) & ~ResetSignal())
         self.input_valid = i.valid & i.ready
         taken = Signal(name="credit_taken")
         given = Signal(name="credit_given")
-        queued = Signal(range(credits + 1), name="results_queued")
         m.d.comb += [taken.eq(self.input_valid & reserves), given.eq(o.valid & o.ready),
-                     o.valid.eq(queued != 0), o.payload.eq(results.r_data), results.r_en.eq(given)]
-        m.d.sync += [left.eq(left - taken + given), queued.eq(queued + results.w_en - given)]
+                     o.valid.eq(results.r_rdy), o.payload.eq(results.r_data), results.r_en.eq(o.ready)]
+        m.d.sync += left.eq(left - taken + given)
 
     def emit(self, valid, payload):
         """The unit's result (``valid``, a value of ``o``'s payload shape): registered into ``o`` (global
@@ -109,8 +92,7 @@ class StallPipeline:
                 value = wire
             named.append(value)
         registered_valid = Signal(name=f"{named[0].name}_v")
-        registered = [Signal.like(s, name=f"{s.name}_q", attrs={"keep": 1} if s.attrs.get("fgmp_copy") else s.attrs)
-                      for s in named]
+        registered = [Signal.like(s, name=f"{s.name}_q") for s in named]
         with m.If(self.enable):
             m.d.sync += registered_valid.eq(valid)
             m.d.sync += [r.eq(s) for r, s in zip(registered, named)]
