@@ -299,6 +299,10 @@ def test_constraints_command_writes_checked_files(tmp_path, capsys):
      "Seed must be at least 1, not 0"),
     (lambda: timing_sweep([("decoder", {"format": "e2m1"})], ["ice40-up5k"], "out", seeds=["2"]), TypeError,
      "Seed must be an integer, not '2'"),
+    (lambda: timing_sweep([("decoder", {"format": "e2m1"})], ["ice40-up5k"], "out", seeds=[]), ValueError,
+     "Seeds must name at least one seed"),
+    (lambda: timing_sweep([("decoder", {"format": "e2m1"})], ["ice40-up5k"], "out", seeds=[2, 3, 2]), ValueError,
+     "Seeds must differ, not [2, 3, 2]"),
 ])
 def test_parameter_errors(call, error, message):
     with pytest.raises(error, match=f"^{re.escape(message)}$"):

@@ -87,6 +87,10 @@ def timing_sweep(configs, parts, out, *, freq=None, reuse=False, jobs=1, router=
     check_router(router)  # before any point runs
     for seed in seeds:
         check_seed(seed)
+    if not seeds:
+        raise ValueError("Seeds must name at least one seed")
+    if len(set(seeds)) != len(seeds):  # the same seed twice would run one point twice, into one directory
+        raise ValueError(f"Seeds must differ, not {list(seeds)}")
     points = [(kind, params, part, out, freq, reuse, router, seed)
               for kind, params in configs for part in parts for seed in seeds]
     return _run(_timing_point, points, jobs, progress)
