@@ -10,7 +10,7 @@ from .arith import (RATIO_QUOTIENT_BITS, divide_steps, leading_one, normalize, q
 from .decoder import Decoder
 from .dot import block_layout
 from .formats import E2M1, E4M3, UE4M3
-from .pipeline import StallPipeline, check_count, check_flow_control, check_pipeline_stages
+from .pipeline import StallPipeline, check_count, check_flow_control, check_pipeline_stages, copies
 
 __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_parameters"]
 
@@ -31,6 +31,10 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #                    normalisation
 #   scales           s4 and s8 (P >= 1)
 #   divisors         s4 and s8 decoded and normalised, before the element divisions they divide
+#   divisor_copies   the divisors and s8's exponent registered once per element (``copies``), before the
+#                    divisions: the single register of each drove sixteen elements' logic across the die;
+#                    here it drives only wires to the copies, which placement can put beside their element.
+#                    Each element then carries its own copies (s8's exponent as far as its score term)
 #   div1..div8       the element divisions (x' / s4 and x' / s8) after 1..8 quotient bits (each a cut of its
 #                    own from P = 39: one compare-and-subtract step per stage, as the divisors reach the
 #                    sixteen elements' steps over one long net each)
@@ -47,6 +51,9 @@ __all__ = ["CUTS", "MAX_PIPELINE_STAGES", "ActivationQuantizer", "check_paramete
 #   leading          each term's leading position, before their maximum
 #   top_mid          the maximum's tree after its first half of levels
 #   top              the largest term's position E, before the window and sum
+#   top_copies       E registered once per element and once for T's frame, before the window; from here
+#                    on each term also has a register of its own for its leading one and one for its
+#                    window, so neither consumer pulls the other's register across the die
 #   window           the terms shifted into the window below E, before their sum
 #   sum_mid          the windowed sum after the first half of its adder tree's levels
 #   sum              the windowed sum, before the threshold compare
@@ -56,7 +63,7 @@ CUTS = ("scales", "perturbations", "terms", "quotients", "top", "scale_div3", "s
         "div3", "amax", "scale_quotients", "square", "div6", "scale_div6", "unpack", "amax_mid", "align",
         "rounding", "scale_rounding", "window", "divisors", "sum_mid", "amax_normalized", "magnitudes", "leading",
         "top_mid", "decision", "magnitude_products", "div2", "div5", "div8", "square_mid", "amax_l1", "amax_l3",
-        "amax_key", "div1", "div4", "div7")
+        "amax_key", "div1", "div4", "div7", "divisor_copies", "top_copies")
 # The deepest pipeline this unit places cuts for.
 MAX_PIPELINE_STAGES = len(CUTS)
 _BF16_BIAS_AND_MANTISSA = 127 + 7
@@ -304,16 +311,29 @@ class ActivationQuantizer(wiring.Component):
         live["divisors"] = {"s4": (s4_sig, s4_exp), "s8": (s8_sig, s8_exp)}
         live["gap"] = scale_gap(m, s4_decoded, s8_decoded, "d")
         cut("divisors")
-        (s4_sig, s4_exp), (s8_sig, s8_exp) = live["divisors"]["s4"], live["divisors"]["s8"]
-        live["divisors"] = (s4_sig, s8_sig)
+        if "divisor_copies" in cuts:
+            spread = {key: [copies(m, value, B, f"{key}_dec_{part}") for value, part in zip(pair, ("sig", "exp"))]
+                      for key, pair in live.pop("divisors").items()}
+            for i, element in enumerate(live["elements"]):
+                element["divisors"] = {key: (sig[i], exp[i]) for key, (sig, exp) in spread.items()}
+            s8_exponent = decode_scale(m, live["s8_used"], "s8_dec_term").exponent
+            live["term_exponents"] = copies(m, s8_exponent, B, "s8_term_exp")
+        cut("divisor_copies")
+        shared = live.get("divisors")
         for i, element in enumerate(live["elements"]):
+            divisors = element.pop("divisors", shared)
+            (s4_sig, s4_exp), (s8_sig, s8_exp) = divisors["s4"], divisors["s8"]
+            if shared is None:
+                element["divisors"] = (s4_sig, s8_sig)
             element["div4"] = {"base": ratio_base(m, element["exp"], s4_exp, E2M1, f"q4_{i}"),
                                **_start_division(m, element["sig"], 4, f"q4_{i}")}
             element["div8"] = {"base": ratio_base(m, element.pop("exp"), s8_exp, E4M3, f"q8_{i}"),
                                **_start_division(m, element["sig"], 4, f"q8_{i}")}
+        if shared is not None:  # in place: the registers keep their order, and so their names
+            live["divisors"] = (shared["s4"][0], shared["s8"][0])
         for positions, name in _QUOTIENT_CHUNKS:
-            s4_sig, s8_sig = live["divisors"]
             for i, element in enumerate(live["elements"]):
+                s4_sig, s8_sig = element.get("divisors", live.get("divisors"))
                 element["div4"] = _divide_chunk(m, element["sig"], element["div4"], s4_sig, positions, f"q4_{i}")
                 element["div8"] = _divide_chunk(m, element["sig"], element["div8"], s8_sig, positions, f"q8_{i}")
             cut(name)
@@ -321,7 +341,9 @@ class ActivationQuantizer(wiring.Component):
                 for i, element in enumerate(live["elements"]):
                     _start_exponent(m, element["div4"], E2M1, f"q4_{i}")
                     _start_exponent(m, element["div8"], E4M3, f"q8_{i}")
-        del live["divisors"]
+        live.pop("divisors", None)
+        for element in live["elements"]:
+            element.pop("divisors", None)
         for i, element in enumerate(live["elements"]):
             zero = Signal(name=f"x{i}_zero")
             m.d.comb += zero.eq(element.pop("sig") == 0)
@@ -363,27 +385,39 @@ class ActivationQuantizer(wiring.Component):
         live["squares"] = [(_sum_all(m, partials, f"dm{i}_sq"), shift)
                            for i, (partials, shift) in enumerate(live.pop("squares"))]
         cut("square")
-        s8_exponent = decode_scale(m, live["s8_used"], "s8_dec_term").exponent
-        terms = [score_term(m, live["f"][i], squared, shift, s8_exponent, i, in_logic=True)
+        if "term_exponents" in live:
+            s8_exponents = live.pop("term_exponents")
+        else:
+            s8_exponents = [decode_scale(m, live["s8_used"], "s8_dec_term").exponent] * B
+        terms = [score_term(m, live["f"][i], squared, shift, s8_exponents[i], i, in_logic=True)
                  for i, (squared, shift) in enumerate(live.pop("squares"))]
         del live["f"]
-        live["terms"] = terms
+        if "top_copies" in cuts:
+            pairs = [[copies(m, value, 2, value.name) for value in term] for term in terms]
+            live["terms"] = [(tm[0], te[0]) for tm, te in pairs]
+            live["window_terms"] = [(tm[1], te[1]) for tm, te in pairs]
+        else:
+            live["terms"] = terms
         cut("terms")
 
         # Window the terms below the largest one (its leading position E), sum, compare with T. The maximum
         # and the sum are trees, each cut after its first half of levels.
         first_levels = ((B - 1).bit_length() + 1) // 2
         live["leading"] = [term_leading(m, tm, te, i) for i, (tm, te) in enumerate(live["terms"])]
+        if "window_terms" in live:
+            live["terms"] = live.pop("window_terms")
         cut("leading")
         larger = lambda a, b, name: _larger(m, a, b, name)  # noqa: E731
         live["leading"] = _tree_levels(live["leading"], larger, "top", 0, first_levels)
         cut("top_mid")
         live["top"] = _tree_levels(live.pop("leading"), larger, "top", first_levels, None)[0]
         cut("top")
+        live["tops"] = copies(m, live.pop("top"), B + 1, "top") if "top_copies" in cuts else [live.pop("top")] * (B + 1)
+        cut("top_copies")
         # T's side of the compare needs only E: formed beside the window and sum, it travels with them.
-        top = live.pop("top")
-        live["frame"] = threshold_frame(m, top, live.pop("threshold"), score_width(B))
-        live["units"] = [windowed_term(m, tm, te, top, i) for i, (tm, te) in enumerate(live.pop("terms"))]
+        tops = live.pop("tops")
+        live["frame"] = threshold_frame(m, tops[B], live.pop("threshold"), score_width(B))
+        live["units"] = [windowed_term(m, tm, te, tops[i], i) for i, (tm, te) in enumerate(live.pop("terms"))]
         cut("window")
         add = lambda a, b, name: _sum(m, a, b, name)  # noqa: E731
         live["units"] = _tree_levels(live["units"], add, "score_l", 0, first_levels)
@@ -420,10 +454,10 @@ class ActivationQuantizer(wiring.Component):
 
 
 _DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
-             "scale_rounding", "scales", "divisors", "div1", "div2", "div3", "div4", "div5", "div6", "div7", "div8",
+             "scale_rounding", "scales", "divisors", "divisor_copies", "div1", "div2", "div3", "div4", "div5", "div6", "div7", "div8",
              "quotients", "rounding",
              "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square_mid", "square",
-             "terms", "leading", "top_mid", "top", "window", "sum_mid", "sum", "align", "decision")
+             "terms", "leading", "top_mid", "top", "top_copies", "window", "sum_mid", "sum", "align", "decision")
 
 
 def _table_join(cuts):

@@ -1,7 +1,7 @@
 """The FGMP engine: the activation quantization unit feeding the dot unit (BF16 activations in, FP32
 results out), with the weight blocks streamed alongside each activation block."""
 
-from amaranth import Module
+from amaranth import Module, Shape
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -11,6 +11,8 @@ from .sidequeue import SideQueue
 from .skid import SkidBuffer
 
 __all__ = ["Engine"]
+
+_SKID_SLICE_BITS = 32
 
 
 class Engine(wiring.Component):
@@ -51,7 +53,11 @@ class Engine(wiring.Component):
         # queue's asynchronous read.
         self._weights = SideQueue(shape=weights, depth=self._quantizer.latency + 1,
                                   registered_read=self._quantizer.latency > 1)
-        self._skid = SkidBuffer(shape=self._dot.i.payload.shape())
+        # One control copy per 32 bits of the skid buffer's payload: its registers sit beside the lanes'
+        # decoders across the die, and one shared handshake reached all of their enables over one net
+        # (docs/hardware.md, the engine).
+        skid_width = Shape.cast(self._dot.i.payload.shape()).width
+        self._skid = SkidBuffer(shape=self._dot.i.payload.shape(), slices=-(-skid_width // _SKID_SLICE_BITS))
         # The parts are elaborated whenever the engine is; an engine built and never elaborated (to read
         # its latency or check its parameters) warns once for itself, not once per part.
         for part in (self._dot, self._quantizer, self._weights, self._skid):

@@ -3,7 +3,7 @@
 from amaranth import Const, ResetSignal, Signal
 from amaranth.lib.fifo import SyncFIFO
 
-__all__ = ["FLOW_CONTROLS", "check_count", "check_flow_control", "check_pipeline_stages", "StallPipeline"]
+__all__ = ["FLOW_CONTROLS", "check_count", "check_flow_control", "check_pipeline_stages", "copies", "StallPipeline"]
 
 
 def check_count(name, value, minimum):
@@ -19,6 +19,18 @@ def check_pipeline_stages(value, maximum):
         raise TypeError(f"Pipeline stages must be an integer, not {value!r}")
     if not 0 <= value <= maximum:
         raise ValueError(f"Pipeline stages must be between 0 and {maximum}, not {value}")
+
+
+def copies(m, value, count, name):
+    """``count`` named copies of ``value`` for consumers far apart on a die. Where a cut registers them,
+    each is its own register, which placement can put next to its consumer: ``cut`` marks those registers
+    ``keep``, since synthesis merges registers with equal inputs (Yosys reads the mark on cells, not
+    wires: the flow moves it to the flip-flop that drives a marked wire). Without a cut they are plain
+    wires: a ``keep`` there would only stop logic from merging across them."""
+    check_count("Copies", count, 1)
+    wires = [Signal.like(value, name=f"{name}_copy{k}", attrs={"fgmp_copy": 1}) for k in range(count)]
+    m.d.comb += [wire.eq(value) for wire in wires]
+    return wires
 
 
 # stall: one clock enable for every register, low while a result waits for the sink. credit: the registers
@@ -92,7 +104,9 @@ class StallPipeline:
                 value = wire
             named.append(value)
         registered_valid = Signal(name=f"{named[0].name}_v")
-        registered = [Signal.like(s, name=f"{s.name}_q") for s in named]
+        # A copy's register, and each register after it, stays its own (``copies``).
+        registered = [Signal.like(s, name=f"{s.name}_q", attrs={"keep": 1} if s.attrs.get("fgmp_copy") else s.attrs)
+                      for s in named]
         with m.If(self.enable):
             m.d.sync += registered_valid.eq(valid)
             m.d.sync += [r.eq(s) for r, s in zip(registered, named)]

@@ -72,11 +72,14 @@ def test_engine_validates_its_parameters():
         Engine(lanes=1, flow_control="skid")
 
 
-def test_skid_buffer_passes_every_transfer_once_in_order_with_a_registered_ready():
+@pytest.mark.parametrize("slices", [1, 3, 16])
+def test_skid_buffer_passes_every_transfer_once_in_order_with_a_registered_ready(slices):
     """Random valid and ready: every word comes out once, in order, the stream protocol holds on both
     sides, ``i.ready`` never follows ``o.ready`` within a cycle, and with both sides always ready one word
-    passes per cycle, one cycle after it was taken."""
-    dut = SkidBuffer(shape=16)
+    passes per cycle, one cycle after it was taken; with the payload in parts (each its own control
+    copy) down to one bit each."""
+    dut = SkidBuffer(shape=16, slices=slices)
+    assert dut.slices == slices
     assert dut.latency == 1
     rng = random.Random(3)
     received, taken_at, delivered_at = [], [], []
@@ -127,6 +130,18 @@ def test_skid_buffer_passes_every_transfer_once_in_order_with_a_registered_ready
 def test_skid_buffer_validates_its_shape(shape, error, message):
     with pytest.raises(error) as info:
         SkidBuffer(shape=shape)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("slices,error,message", [
+    (0, ValueError, "Slices must be at least 1, not 0"),
+    (2.0, TypeError, "Slices must be an integer, not 2.0"),
+    (True, TypeError, "Slices must be an integer, not True"),
+    (9, ValueError, "Slices (9) must not exceed the payload's width (8)"),
+])
+def test_skid_buffer_validates_its_slices(slices, error, message):
+    with pytest.raises(error) as info:
+        SkidBuffer(shape=8, slices=slices)
     assert str(info.value) == message
 
 

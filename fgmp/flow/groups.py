@@ -34,10 +34,10 @@ _DOT = [
 _ACTQ = [
     _PIPELINE,
     ("sensitivity table", r"^table$|^read__|^write__|^row$|^f\d+$|^position$|^in_reduction$|^table_overflow$"),
-    ("amax and scales", r"^x\d+_|^amax|^s[48]_(?!dec)|^s8_used$|^forced$"),
+    ("amax and scales", r"^x\d+_|^amax|^s[48]_(?!dec|term)|^s8_used$|^forced$"),
     ("candidates", r"^q[48]_|^v[48]_|^p[48]_|^d\d+$|^s[48]_dec"),
-    ("score terms", r"^dm\d+|^f\d+_dec|^tm\d+$|^te\d+$"),
-    ("threshold decision", r"^tl\d+|^tm\d+_msb|^top\d+|^ta\d+|^tu\d+|^score|^t_|^choose_fp8$|^o__payload|^o_result$"),
+    ("score terms", r"^dm\d+|^f\d+_dec|^t[me]\d+(_copy\d+)?$|^s8_term_exp"),
+    ("threshold decision", r"^tl\d+|^tm\d+_msb|^top\d+|^top_copy|^ta\d+|^tu\d+|^score|^t_|^choose_fp8$|^o__payload|^o_result$"),
     ("counters and registers", r"^fp8_blocks$|^nvfp4_blocks$|^scale_exponent$|^threshold$"),
 ]
 # The engine keeps the dot unit's breakdown and counts the whole activation unit as one group: the

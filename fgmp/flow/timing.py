@@ -18,7 +18,7 @@ from .area import summarize
 from .constraints import CONSTRAINTS_DIR, harness_constraints
 from .groups import CONTROL, GROUP_RULES, name_group
 from .harness import TimingHarness
-from .tools import DoesNotFit, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
+from .tools import KEEP_REGISTERS, DoesNotFit, FlowError, cache_key, check_names, load_cached, run_tool, store_cached
 
 __all__ = ["PARTS", "Part", "TimingResult", "place_and_route", "check_parts", "check_fit", "TARGET_MHZ",
            "target_frequency", "gmacs_per_klut", "ROUTERS",
@@ -149,7 +149,7 @@ class TimingResult:
 def _synthesize(harness, verilog, part, workdir):
     dut = f"{HARNESS_TOP}.dut"
     script = "\n".join([
-        f"read_verilog {verilog.name}", f"hierarchy -check -top {HARNESS_TOP}",
+        f"read_verilog {verilog.name}", f"hierarchy -check -top {HARNESS_TOP}", "proc", KEEP_REGISTERS,
         f"setattr -mod -set keep_hierarchy 1 {dut}",
         f"{part.synth} -top {HARNESS_TOP}", "tee -q -o stat.json stat -json",
         "setattr -mod -unset keep_hierarchy *", "flatten", "opt_clean", "write_json netlist.json", ""])

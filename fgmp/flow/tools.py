@@ -13,12 +13,17 @@ from pathlib import Path
 from fgmp.toolchain import ToolchainError
 
 __all__ = ["FlowError", "DoesNotFit", "tool_path", "run_tool", "warm_tool", "warm_tools", "TOOLS", "cache_key",
-           "load_cached", "store_cached", "check_names"]
+           "load_cached", "store_cached", "check_names", "KEEP_REGISTERS"]
 
 # Where pip put the tools when the venv is used without being activated.
 BIN_DIR = Path(sys.executable).parent
 # Part of every cache key: bump it when the flow's scripts or result fields change.
 FLOW_VERSION = 1
+
+# After `proc`: registers whose output wire is marked `keep` (``hw.pipeline.copies``, one register per
+# far-apart consumer) get the mark on their cell, the only place where Yosys's opt_merge reads it, so that
+# copies of one value are not merged back into one register.
+KEEP_REGISTERS = "setattr -set keep 1 a:keep %ci1 t:$*dff* %i"
 
 # Tool -> the PyPI package that provides it, for the error message.
 TOOLS = {
