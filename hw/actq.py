@@ -453,9 +453,9 @@ class ActivationQuantizer(wiring.Component):
         return m
 
 
-_DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "amax_normalized", "scale_div3", "scale_div6", "scale_quotients",
-             "scale_rounding", "scales", "divisors", "divisor_copies", "div1", "div2", "div3", "div4", "div5", "div6", "div7", "div8",
-             "quotients", "rounding",
+_DATAFLOW = ("unpack", "amax_l1", "amax_mid", "amax_l3", "amax_key", "amax", "amax_normalized", "scale_div3",
+             "scale_div6", "scale_quotients", "scale_rounding", "scales", "divisors", "divisor_copies", "div1",
+             "div2", "div3", "div4", "div5", "div6", "div7", "div8", "quotients", "rounding",
              "codes", "magnitude_products", "magnitudes", "perturbations", "delta_hat", "square_mid", "square",
              "terms", "leading", "top_mid", "top", "top_copies", "window", "sum_mid", "sum", "align", "decision")
 
