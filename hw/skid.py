@@ -56,7 +56,7 @@ class SkidBuffer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        if self._slices == 1:
+        if self._slices == 1:  # the plain buffer: one control, names and netlist as before parts existed
             ready = Signal()  # init 0: not ready during reset, so nothing is offered into a register held in reset
             m.d.comb += self.i.ready.eq(ready)
             _control(m, self.i, self.o.ready, self.i.payload, self.o.valid, self.o.payload,
